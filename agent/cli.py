@@ -1,0 +1,315 @@
+"""`mask-agent`: run the doorway agent and its tools.
+
+Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data, 66 input or source not
+found, 69 broker or download unavailable, 74 state directory not writable,
+78 invalid configuration or model (systemd does not restart on 78).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EXIT_FAILURE, MaskwatchError
+
+log = logging.getLogger("maskwatch")
+
+
+def load_config(args) -> dict:
+    from .config import load
+
+    return load(args.config, args.set)
+
+
+def cmd_run(args) -> int:
+    from .service import Agent
+    from .systemd import setup_logging
+
+    cfg = load_config(args)
+    setup_logging(cfg["log_level"])
+    agent = Agent(cfg)
+    if cfg["http"]["enabled"]:
+        from .http import HttpEndpoint
+
+        agent.http = HttpEndpoint(cfg, agent)
+    agent.install_signal_handlers()
+    return agent.run(args.source, until_eof=args.until_eof)
+
+
+def cmd_check_config(args) -> int:
+    from .config import load, redacted
+
+    cfg = load(args.file or args.config, args.set)
+    print(json.dumps(redacted(cfg), indent=2) if args.print else f"{args.file or args.config}: ok")
+    return 0
+
+
+def _detector_from(cfg: dict, name: str | None):
+    from .detect import create_detector
+    from .models import detector_model_path
+
+    d = cfg["detect"]
+    detector = name or d["detector"]
+    model = detector_model_path(detector, d["model"] if not name else None, cfg["state_dir"])
+    return create_detector(detector, model, max_side=d["max_side"], min_face=d["min_face"],
+                           score_threshold=d["score_threshold"])
+
+
+def _classifier_from(cfg: dict):
+    from .classify import Classifier
+
+    c = cfg["classify"]
+    return Classifier(c["model"], threads=c["threads"], no_mask_threshold=c["no_mask_threshold"])
+
+
+def read_image_file(path: str):
+    """BGR image from a file; raises InputError/SourceError with a one-line reason."""
+    import cv2
+    import numpy as np
+
+    from .errors import InputError, SourceError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"image not found: {path}")
+    image = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"cannot decode image {path} (not an image, or truncated)")
+    return image
+
+
+def detect_result(image, detector, classifier) -> dict:
+    """The JSON of `mask-agent detect` (and POST /v1/predict) for one image."""
+    faces = detector.detect(image)
+    predictions = classifier.classify(image, [f.box for f in faces])
+    return {
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "faces": [{"box": [int(v) for v in f.box], "score": round(f.score, 4),
+                   "label": p.label, "confidence": p.confidence}
+                  for f, p in zip(faces, predictions)],
+    }
+
+
+def annotate(image, result: dict):
+    import cv2
+
+    colours = {"with_mask": (0, 180, 0), "without_mask": (0, 0, 255)}
+    for face in result["faces"]:
+        x, y, w, h = face["box"]
+        colour = colours.get(face["label"], (0, 165, 255))
+        cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
+        cv2.putText(image, f"{face['label']} {face['confidence']:.2f}", (x, max(10, y - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+    return image
+
+
+def cmd_detect(args) -> int:
+    import cv2
+
+    cfg = load_config(args)
+    detector, classifier = _detector_from(cfg, args.detector), _classifier_from(cfg)
+    worst = 0
+    for path in args.paths:
+        try:
+            image = read_image_file(path)
+        except MaskwatchError as exc:
+            print(f"mask-agent: error: {exc}", file=sys.stderr)
+            worst = max(worst, exc.exit_code)
+            continue
+        result = {"image": path, **detect_result(image, detector, classifier)}
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            labels = ", ".join(f"{f['label']} ({f['confidence']:.2f})" for f in result["faces"])
+            print(f"{path}: {len(result['faces'])} face(s){': ' + labels if labels else ''}")
+        if args.annotate:
+            out = Path(args.annotate)
+            out.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out / (Path(path).stem + ".jpg")), annotate(image, result))
+    return worst
+
+
+def cmd_classify(args) -> int:
+    import numpy as np
+
+    from .preprocess import resize_square
+
+    cfg = load_config(args)
+    classifier = _classifier_from(cfg)
+    worst = 0
+    for path in args.crops:
+        try:
+            image = read_image_file(path)
+        except MaskwatchError as exc:
+            print(f"mask-agent: error: {exc}", file=sys.stderr)
+            worst = max(worst, exc.exit_code)
+            continue
+        import cv2
+
+        side = max(image.shape[:2])
+        pad_y, pad_x = side - image.shape[0], side - image.shape[1]
+        square = cv2.copyMakeBorder(image, pad_y // 2, pad_y - pad_y // 2, pad_x // 2,
+                                    pad_x - pad_x // 2, cv2.BORDER_REPLICATE)
+        crop = cv2.cvtColor(resize_square(square, classifier.crop.size), cv2.COLOR_BGR2RGB)
+        p = classifier.predict_crops(np.stack([crop]))[0]
+        if args.json:
+            print(json.dumps({"image": path, "label": p.label, "confidence": p.confidence,
+                              "scores": p.scores}), flush=True)
+        else:
+            print(f"{path}: {p.label} ({p.confidence:.2f})")
+    return worst
+
+
+def cmd_models_fetch(args) -> int:
+    from .config import load
+    from .models import fetch, models_dir
+
+    cfg = load(args.config, args.set)
+    dest = Path(args.dest) if args.dest else models_dir(cfg["state_dir"])
+    paths = fetch(dest, Path(args.from_dir) if args.from_dir else None, args.base_url,
+                  args.only or None)
+    for path in paths:
+        print(f"ok {path}")
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from .watch import watch
+
+    cfg = load_config(args)
+    return watch(cfg, count=args.count, timeout=args.timeout, as_json=args.json)
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_pipeline
+
+    cfg = load_config(args)
+    return bench_pipeline(cfg, args.video, args.detectors.split(","), args.out,
+                          max_frames=args.frames)
+
+
+def cmd_bench_detect(args) -> int:
+    from .bench import bench_detectors
+
+    cfg = load_config(args)
+    return bench_detectors(cfg, Path(args.voc), args.detectors.split(","), args.out,
+                           min_face=args.min_face, limit=args.limit)
+
+
+def cmd_bench_classify(args) -> int:
+    from .bench import bench_classifier
+
+    cfg = load_config(args)
+    return bench_classifier(cfg, args.bundles or [None], args.out, runs=args.runs)
+
+
+def common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a setting, e.g. --set mqtt.port=1884 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mask-agent", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"maskwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the agent (camera -> MQTT events)")
+    common(p)
+    p.add_argument("--source", help="override source.uri (camera index, file, URL)")
+    p.add_argument("--until-eof", action="store_true",
+                   help="stop when a video file ends and its events are delivered")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file (secrets are hidden)")
+    common(p)
+    p.add_argument("file", nargs="?", help="config file to check (or --config)")
+    p.add_argument("--print", action="store_true", help="print the resolved config")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("detect", help="detect and classify faces in images")
+    common(p)
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.add_argument("--annotate", metavar="DIR", help="write images with boxes to DIR")
+    p.add_argument("--detector", choices=("yunet", "blazeface", "haar"))
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("classify", help="classify face crops with the bundled model")
+    common(p)
+    p.add_argument("crops", nargs="+", metavar="CROP")
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.set_defaults(func=cmd_classify)
+
+    models = sub.add_parser("models", help="detector model files")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    p = msub.add_parser("fetch", help="download (or copy) detector models, sha256-checked")
+    common(p)
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="copy from this folder instead of downloading (offline devices)")
+    p.add_argument("--dest", help="target folder (default: <state_dir>/models)")
+    p.add_argument("--base-url", help="download from this mirror instead of the public sources")
+    p.add_argument("--only", action="append", help="fetch only this model (repeatable)")
+    p.set_defaults(func=cmd_models_fetch)
+
+    p = sub.add_parser("watch", help="print events from the broker and a live tally")
+    common(p)
+    p.add_argument("--count", type=int, default=0, help="exit after this many events")
+    p.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
+    p.add_argument("--json", action="store_true", help="print raw event JSON")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("bench", help="pipeline benchmark on a video (per-stage times, fps, RSS)")
+    common(p)
+    p.add_argument("video")
+    p.add_argument("--detectors", default="yunet,blazeface,haar")
+    p.add_argument("--frames", type=int, default=0, help="stop after this many frames")
+    p.add_argument("--out", default="bench/pipeline.json", help="JSON results file")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-detect", help="detector recall and speed on a VOC scene set")
+    common(p)
+    p.add_argument("voc", help="Pascal VOC folder (images/, annotations/)")
+    p.add_argument("--detectors", default="haar,yunet,blazeface")
+    p.add_argument("--min-face", type=int, default=40)
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images")
+    p.add_argument("--out", default="bench/detectors.json")
+    p.set_defaults(func=cmd_bench_detect)
+
+    p = sub.add_parser("bench-classify", help="per-face int8 latency of model bundles")
+    common(p)
+    p.add_argument("bundles", nargs="*", help="bundle folders (default: the bundled model)")
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--out", default="bench/classifier.json")
+    p.set_defaults(func=cmd_bench_classify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MaskwatchError as exc:
+        print(f"mask-agent: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: one line plus where, not a wall of traceback
+        log.debug("internal error", exc_info=True)
+        print(f"mask-agent: internal error: {type(exc).__name__}: {exc} (please report)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

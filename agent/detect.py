@@ -1,0 +1,202 @@
+"""Face detectors behind one small interface: `detector.detect(frame_bgr) -> [Face]`.
+
+- `yunet`: OpenCV's YuNet (cv2.FaceDetectorYN), the default. It finds masked faces
+  (the hard case) and is fast when the frame is scaled to a 320 px long side.
+- `blazeface`: MediaPipe BlazeFace short/full range (TFLite); anchors decoded here.
+- `haar`: OpenCV's frontal-face Haar cascade, the user's baseline (embedded in OpenCV,
+  no file needed); it misses most masked faces.
+`mask-agent bench-detect` measures all three on a Pascal VOC scene set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from .errors import ModelError
+from .preprocess import Box
+from .tflite import load_interpreter
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face: box in frame pixels and the detector's confidence."""
+
+    box: Box
+    score: float
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
+
+
+def _scale_to(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Downscale so the long side is at most max_side; returns (image, factor)."""
+    h, w = frame.shape[:2]
+    factor = min(1.0, max_side / float(max(h, w))) if max_side > 0 else 1.0
+    if factor >= 1.0:
+        return frame, 1.0
+    size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), factor
+
+
+def _keep(faces: list[Face], min_face: int) -> list[Face]:
+    return [f for f in faces if min(f.box[2], f.box[3]) >= min_face]
+
+
+class HaarDetector:
+    """OpenCV Haar cascade (frontalface_default), the baseline."""
+
+    name = "haar"
+
+    def __init__(self, max_side: int = 640, min_face: int = 24, scale_factor: float = 1.1,
+                 min_neighbors: int = 5) -> None:
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise ModelError(f"cannot load Haar cascade {path}")
+        self.max_side, self.min_face = max_side, min_face
+        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        image, factor = _scale_to(frame_bgr, self.max_side)
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        min_size = max(8, int(self.min_face * factor))
+        found = self._cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(min_size, min_size))
+        faces = [Face(tuple(int(round(v / factor)) for v in b), 1.0) for b in found]
+        return _keep(faces, self.min_face)
+
+
+class YuNetDetector:
+    """OpenCV YuNet (2023mar ONNX) through cv2.FaceDetectorYN."""
+
+    name = "yunet"
+
+    def __init__(self, model_path: str | Path, max_side: int = 320, min_face: int = 24,
+                 score_threshold: float = 0.6, nms_threshold: float = 0.3) -> None:
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ModelError(f"YuNet model not found: {model_path} (run: mask-agent models fetch)")
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
+        except cv2.error as exc:
+            raise ModelError(f"cannot load YuNet model {model_path}: {exc.msg.strip()}") from None
+        self.max_side, self.min_face = max_side, min_face
+        self._input_size: tuple[int, int] | None = None
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        image, factor = _scale_to(frame_bgr, self.max_side)
+        size = (image.shape[1], image.shape[0])
+        if size != self._input_size:
+            self._net.setInputSize(size)
+            self._input_size = size
+        _, found = self._net.detect(image)
+        faces = []
+        for row in (found if found is not None else []):
+            x, y, w, h = (float(v) / factor for v in row[:4])
+            faces.append(Face((int(round(x)), int(round(y)), int(round(w)), int(round(h))),
+                              float(row[-1])))
+        return _keep(faces, self.min_face)
+
+
+def _blazeface_anchors(input_size: int) -> np.ndarray:
+    """Anchor centres (N x 2, normalised) as MediaPipe's SsdAnchorsCalculator makes them.
+
+    Short range (128 px): strides 8, 16, 16, 16 -> 16x16x2 + 8x8x6 = 896 anchors.
+    Full range (192 px): one stride-4 layer -> 48x48x1 = 2304 anchors.
+    Anchors share a fixed size of 1, so only centres matter.
+    """
+    strides = [8, 16, 16, 16] if input_size == 128 else [4]
+    centres: list[tuple[float, float]] = []
+    layer = 0
+    while layer < len(strides):
+        stride, repeats = strides[layer], 0
+        while layer < len(strides) and strides[layer] == stride:
+            repeats += 2 if input_size == 128 else 1
+            layer += 1
+        cells = int(np.ceil(input_size / stride))
+        for yy in range(cells):
+            for xx in range(cells):
+                centres.extend([((xx + 0.5) / cells, (yy + 0.5) / cells)] * repeats)
+    return np.asarray(centres, dtype=np.float32)
+
+
+class BlazeFaceDetector:
+    """MediaPipe BlazeFace (short or full range TFLite), letterboxed to its square input."""
+
+    name = "blazeface"
+
+    def __init__(self, model_path: str | Path, min_face: int = 24, score_threshold: float = 0.5,
+                 nms_threshold: float = 0.3, num_threads: int = 1) -> None:
+        self._interpreter = load_interpreter(model_path, num_threads)
+        inp = self._interpreter.get_input_details()[0]
+        self.input_size = int(inp["shape"][1])
+        self._input_index = inp["index"]
+        outputs = sorted(self._interpreter.get_output_details(), key=lambda d: d["shape"][-1])
+        self._scores_index, self._boxes_index = outputs[0]["index"], outputs[-1]["index"]
+        self._anchors = _blazeface_anchors(self.input_size)
+        if len(self._anchors) != int(outputs[-1]["shape"][1]):
+            raise ModelError(f"{model_path} is not a BlazeFace model (unexpected anchor count)")
+        self.min_face = min_face
+        self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+
+    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float, int, int]:
+        h, w = frame.shape[:2]
+        side = max(h, w)
+        pad_x, pad_y = (side - w) // 2, (side - h) // 2
+        square = cv2.copyMakeBorder(frame, pad_y, side - h - pad_y, pad_x, side - w - pad_x,
+                                    cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        image = cv2.resize(square, (self.input_size, self.input_size),
+                           interpolation=cv2.INTER_AREA)
+        return image, float(side), pad_x, pad_y
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        image, side, pad_x, pad_y = self._letterbox(frame_bgr)
+        tensor = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
+        self._interpreter.set_tensor(self._input_index, tensor[None])
+        self._interpreter.invoke()
+        raw_scores = self._interpreter.get_tensor(self._scores_index)[0, :, 0]
+        raw_boxes = self._interpreter.get_tensor(self._boxes_index)[0]
+        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -50.0, 50.0)))
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        if keep.size == 0:
+            return []
+        reg = raw_boxes[keep, :4] / self.input_size
+        centres = self._anchors[keep] + reg[:, :2]
+        sizes = reg[:, 2:4]
+        boxes = np.concatenate([centres - sizes / 2, sizes], axis=1) * side
+        boxes[:, 0] -= pad_x
+        boxes[:, 1] -= pad_y
+        picked = cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(),
+                                  self.score_threshold, self.nms_threshold)
+        faces = [Face(tuple(int(round(v)) for v in boxes[i]), float(scores[keep][i]))
+                 for i in np.asarray(picked).reshape(-1)]
+        return _keep(faces, self.min_face)
+
+
+DETECTORS = ("yunet", "blazeface", "haar")
+
+
+def create_detector(name: str, model_path: str | Path | None, max_side: int = 320,
+                    min_face: int = 24, score_threshold: float = 0.6) -> Detector:
+    """Build a detector by name; `model_path` is ignored for haar."""
+    if name == "haar":
+        return HaarDetector(max_side=max(max_side, 640), min_face=min_face)
+    if model_path is None:
+        raise ModelError(f"detector {name!r} needs a model file (run: mask-agent models fetch)")
+    if name == "yunet":
+        return YuNetDetector(model_path, max_side=max_side, min_face=min_face,
+                             score_threshold=score_threshold)
+    if name == "blazeface":
+        return BlazeFaceDetector(model_path, min_face=min_face,
+                                 score_threshold=min(score_threshold, 0.5))
+    raise ModelError(f"unknown detector {name!r} (choose one of {', '.join(DETECTORS)})")

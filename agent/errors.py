@@ -1,0 +1,71 @@
+"""Error types and the documented process exit codes.
+
+Every failure a user can cause (bad config, bad model, bad input) maps to one exception
+class carrying a one-line message; the CLI prints that line and exits with the code below.
+Configuration and model problems exit 78 (EX_CONFIG) so systemd's
+`RestartPreventExitStatus=78` stops a restart loop that could never succeed.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # unexpected internal error (a bug: please report it)
+EXIT_USAGE = 2  # wrong command-line arguments
+EXIT_DATA = 65  # an input image or payload could not be decoded
+EXIT_NOINPUT = 66  # an input file or camera source does not exist / cannot be opened
+EXIT_UNAVAILABLE = 69  # the MQTT broker could not be reached
+EXIT_IOERR = 74  # the state directory (outbox) is not writable
+EXIT_CONFIG = 78  # invalid configuration or model file
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILURE: "unexpected internal error",
+    EXIT_USAGE: "command-line usage error",
+    EXIT_DATA: "input data could not be decoded",
+    EXIT_NOINPUT: "input file or camera source not found",
+    EXIT_UNAVAILABLE: "MQTT broker unavailable",
+    EXIT_IOERR: "state directory not writable",
+    EXIT_CONFIG: "invalid configuration or model",
+}
+
+
+class MaskwatchError(Exception):
+    """Base class: a problem with a one-line explanation and an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(MaskwatchError):
+    """The configuration is invalid; the message names the key."""
+
+    exit_code = EXIT_CONFIG
+
+
+class ModelError(MaskwatchError):
+    """A model file is missing, corrupt or does not match its metadata."""
+
+    exit_code = EXIT_CONFIG
+
+
+class InputError(MaskwatchError):
+    """An input image or payload could not be decoded."""
+
+    exit_code = EXIT_DATA
+
+
+class SourceError(MaskwatchError):
+    """A camera or video source cannot be opened or has stopped delivering frames."""
+
+    exit_code = EXIT_NOINPUT
+
+
+class StateError(MaskwatchError):
+    """The state directory (event outbox) cannot be written."""
+
+    exit_code = EXIT_IOERR
+
+
+class BrokerError(MaskwatchError):
+    """The MQTT broker cannot be reached or refused the connection."""
+
+    exit_code = EXIT_UNAVAILABLE

@@ -1,0 +1,108 @@
+"""One frame through the pipeline: detect (at a capped rate) -> classify -> track -> vote.
+
+The pipeline skips work to run fast on a Pi: faces are detected at most `detect_fps`
+times per second of video time (the tracker carries people in between), and a face is
+classified only while its person is undecided (and now and then after, to catch someone
+putting a mask on). It does no I/O: it returns the tracker's transitions and leaves
+publishing to the service.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .camera import Frame
+from .classify import Classifier
+from .detect import Detector, Face
+from .preprocess import Box
+from .track import Tracker, Transition
+
+STAGES = ("detect", "classify", "track")
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    detections: int = 0  # detector runs
+    faces: int = 0
+    classified: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+@dataclass(frozen=True)
+class FaceView:
+    """The latest labelled faces, for snapshots."""
+
+    box: Box
+    track_id: int
+    label: str | None
+
+
+def roi_pixels(roi: list[float] | None, width: int, height: int) -> Box | None:
+    if not roi:
+        return None
+    x, y, w, h = roi
+    return (int(x * width), int(y * height), max(1, int(w * width)), max(1, int(h * height)))
+
+
+class Pipeline:
+    def __init__(self, detector: Detector, classifier: Classifier, tracker: Tracker,
+                 detect_fps: float, roi: list[float] | None = None) -> None:
+        self.detector, self.classifier, self.tracker = detector, classifier, tracker
+        self.detect_interval = 1.0 / detect_fps
+        self.roi = roi
+        self.stats = PipelineStats()
+        self.latest: list[FaceView] = []
+        self._next_detect: float | None = None
+
+    def _detect(self, image: np.ndarray) -> list[Face]:
+        region = roi_pixels(self.roi, image.shape[1], image.shape[0])
+        if region is None:
+            return self.detector.detect(image)
+        x, y, w, h = region
+        faces = self.detector.detect(image[y:y + h, x:x + w])
+        return [Face((f.box[0] + x, f.box[1] + y, f.box[2], f.box[3]), f.score) for f in faces]
+
+    def process(self, frame: Frame) -> list[Transition]:
+        self.stats.frames += 1
+        transitions: list[Transition] = []
+        if self._next_detect is None or frame.ts >= self._next_detect - 1e-6:
+            self._next_detect = frame.ts + self.detect_interval
+            transitions.extend(self._observe(frame))
+        started = time.perf_counter()
+        transitions.extend(self.tracker.expire(frame.ts))
+        self.stats.seconds["track"] += time.perf_counter() - started
+        return transitions
+
+    def _observe(self, frame: Frame) -> list[Transition]:
+        t0 = time.perf_counter()
+        faces = self._detect(frame.image)
+        t1 = time.perf_counter()
+        boxes = [f.box for f in faces]
+        tracks = self.tracker.update(boxes, frame.ts)
+        voting = [(t, b) for t, b in zip(tracks, boxes) if t.needs_vote()]
+        t2 = time.perf_counter()
+        predictions = self.classifier.classify(frame.image, [b for _, b in voting])
+        t3 = time.perf_counter()
+        transitions = []
+        for (track, _), prediction in zip(voting, predictions):
+            change = self.tracker.vote(track, prediction.label, prediction.confidence)
+            if change is not None:
+                transitions.append(change)
+        self.latest = [FaceView(b, t.id, t.label) for t, b in zip(tracks, boxes)]
+        t4 = time.perf_counter()
+        s = self.stats
+        s.detections += 1
+        s.faces += len(faces)
+        s.classified += len(voting)
+        s.seconds["detect"] += t1 - t0
+        s.seconds["classify"] += t3 - t2
+        s.seconds["track"] += (t2 - t1) + (t4 - t3)
+        return transitions
+
+    def finish(self, ts: float) -> list[Transition]:
+        """End every open track (source ended or agent stopping)."""
+        return self.tracker.expire(ts, everything=True)

@@ -1,0 +1,152 @@
+"""Evaluate a Keras model or an int8 bundle on class folders or Pascal VOC scenes.
+
+Faces are cut with the device's crop (`agent.preprocess.face_input`); VOC faces from
+their annotated boxes. Results are given for the whole set and by face size (longer box
+side: <32, 32-64, >=64 px), since small faces are where a doorway camera struggles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agent.decision import decide_all
+from agent.preprocess import CropSpec, face_input, whole_image_box
+
+from .dataset import scan
+from .errors import ConvertError
+from .faces import read_image
+from .metrics import format_report, full_report, plot_confusion
+from .voc import is_voc, read_voc
+
+SIZE_BUCKETS = (("<32", 0, 32), ("32-64", 32, 64), (">=64", 64, 10**9))
+
+
+class KerasScorer:
+    def __init__(self, path: Path):
+        import keras
+
+        run = path if path.is_dir() else path.parent
+        model_file = path / "model.keras" if path.is_dir() else path
+        report = json.loads((run / "report.json").read_text()) if (
+            run / "report.json").is_file() else {}
+        try:
+            self.model = keras.models.load_model(model_file)
+        except (OSError, ValueError) as exc:
+            raise ConvertError(f"cannot load Keras model {model_file}: {exc}") from None
+        size = int(self.model.input_shape[1])
+        self.labels = report.get("labels") or ["with_mask", "without_mask"]
+        self.crop = CropSpec(size=size, scale=float(report.get("crop", {}).get("scale", 1.2)))
+        self.threshold = report.get("no_mask_threshold")
+        self.name = str(model_file)
+
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        return self.model.predict(crops.astype(np.float32), batch_size=128, verbose=0)
+
+
+class BundleScorer:
+    def __init__(self, path: Path):
+        from agent.classify import Classifier
+
+        self.classifier = Classifier(path)
+        self.labels = self.classifier.labels
+        self.crop = self.classifier.crop
+        self.threshold = self.classifier.no_mask_threshold
+        self.name = str(self.classifier.info.path)
+
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        out = [self.classifier.scores(crops[i:i + 64]) for i in range(0, len(crops), 64)]
+        return np.concatenate(out)
+
+
+def load_scorer(model: str):
+    path = Path(model)
+    if not path.exists():
+        raise ConvertError(f"model not found: {model}")
+    if path.suffix == ".tflite" or (path / "model.json").is_file():
+        return BundleScorer(path)
+    return KerasScorer(path)
+
+
+def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str]):
+    crops, y, sizes, skipped = [], [], [], []
+    current: tuple[Path, np.ndarray | None] | None = None
+    for face in read_voc(root):
+        if face.label not in labels or face.size < min_face:
+            continue
+        if current is None or current[0] != face.image:
+            current = (face.image, read_image(face.image))
+        if current[1] is None:
+            skipped.append(str(face.image))
+            continue
+        crops.append(face_input(current[1], face.box, spec))
+        y.append(labels.index(face.label))
+        sizes.append(face.size)
+    return crops, y, sizes, sorted(set(skipped))
+
+
+def folder_crops(root: Path, spec: CropSpec, labels: list[str]):
+    crops, y, sizes, skipped = [], [], [], []
+    for sample in scan([root]).samples:
+        if sample.label not in labels:
+            continue
+        image = read_image(sample.path)
+        if image is None:
+            skipped.append(str(sample.path))
+            continue
+        crops.append(face_input(image, whole_image_box(image, spec), spec))
+        y.append(labels.index(sample.label))
+        sizes.append(max(image.shape[:2]))
+    return crops, y, sizes, skipped
+
+
+def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plots: Path | None):
+    spec = CropSpec(size=scorer.crop.size, scale=scale)
+    if is_voc(root):
+        crops, y, sizes, skipped = voc_crops(root, spec, min_face, scorer.labels)
+    else:
+        crops, y, sizes, skipped = folder_crops(root, spec, scorer.labels)
+    if not crops:
+        raise ConvertError(f"no faces with known labels in {root}")
+    scores = scorer.scores(np.stack(crops))
+    pred = decide_all(scores, scorer.labels, threshold)
+    y, sizes = np.asarray(y), np.asarray(sizes)
+    result = {"data": str(root), "skipped_unreadable": skipped,
+              "all": full_report(y, pred, scorer.labels), "by_face_size": {}}
+    print(format_report(f"{root} (all faces)", result["all"]))
+    for name, lo, hi in SIZE_BUCKETS:
+        keep = (sizes >= lo) & (sizes < hi)
+        if keep.any():
+            rep = full_report(y[keep], pred[keep], scorer.labels)
+            result["by_face_size"][name] = rep
+            print(format_report(f"  faces {name} px", rep))
+    if plots is not None:
+        plots.mkdir(parents=True, exist_ok=True)
+        plot_confusion(result["all"], plots / f"confusion_{root.name}.png", str(root))
+    return result
+
+
+def evaluate(model: str, data: list[str], json_path: Path | None = None,
+             plots: Path | None = None, scale: float = 1.2, min_face: int = 0,
+             threshold: float | None = None, use_argmax: bool = False) -> dict:
+    scorer = load_scorer(model)
+    if use_argmax:
+        threshold = None
+    elif threshold is None:
+        threshold = scorer.threshold
+    results = {"model": scorer.name, "labels": scorer.labels, "no_mask_threshold": threshold,
+               "crop_scale": scale, "min_face": min_face, "datasets": []}
+    for root in data:
+        path = Path(root)
+        if not path.is_dir():
+            raise ConvertError(f"data folder not found: {root}")
+        results["datasets"].append(evaluate_set(scorer, path, scale, min_face, threshold, plots))
+    if json_path is not None:
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(results, indent=2))
+        except OSError as exc:
+            raise ConvertError(f"cannot write {json_path}: {exc.strerror}") from None
+    return results

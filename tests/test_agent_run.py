@@ -1,0 +1,47 @@
+"""The agent end to end on real video, a real broker and the bundled int8 model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import jsonschema
+
+from agent.events import load_schema
+
+from .conftest import agent_command
+from .mqtt_helpers import Collector
+
+
+def run_agent(state_dir, port, video, *extra, device="door1", timeout=120):
+    return subprocess.run(
+        agent_command("run", "--source", str(video), "--until-eof",
+                      "--set", f"state_dir={state_dir}", "--set", f"mqtt.port={port}",
+                      "--set", f"device_id={device}", "--set", "mqtt.host=127.0.0.1",
+                      *extra),
+        capture_output=True, text=True, timeout=timeout)
+
+
+def test_street_video_delivers_schema_valid_events(broker, state_dir, street_video, tmp_path):
+    collector = Collector(broker.port, "maskwatch/door1/#")
+    try:
+        result = run_agent(tmp_path, broker.port, street_video,
+                           "--set", f"detect.model={state_dir}/models/"
+                           "face_detection_yunet_2023mar.onnx")
+        assert result.returncode == 0, result.stderr
+        events = [json.loads(p) for p in collector.on("/events")]
+        assert collector.wait_for(lambda: collector.on("/status")[-1:] == [b"offline"], 10)
+    finally:
+        collector.close()
+    validator = jsonschema.Draft202012Validator(load_schema())
+    for event in events:
+        validator.validate(event)
+    news = [e for e in events if e["type"] == "new"]
+    ends = [e for e in events if e["type"] == "end"]
+    assert len(news) >= 10, "the street video shows many people"
+    # every person gets exactly one `new` and one `end`
+    assert sorted(e["track_id"] for e in news) == sorted(e["track_id"] for e in ends)
+    assert len({e["id"] for e in events}) == len(events)
+    labels = {e["label"] for e in news}
+    assert {"with_mask", "without_mask"} <= labels
+    assert all(e["frame_size"] == [538, 372] for e in events)
