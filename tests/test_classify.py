@@ -1,0 +1,124 @@
+"""The bundled int8 classifier: loading, checks against model.json, CLI output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.classify import DEFAULT_BUNDLE, Classifier, read_bundle
+from agent.errors import ModelError
+
+from .conftest import agent_command
+
+
+def test_bundle_metadata_is_complete():
+    info = read_bundle(None)
+    meta = info.meta
+    assert meta["labels"][:2] == ["with_mask", "without_mask"]
+    assert meta["input"]["dtype"] in ("uint8", "int8") and meta["input"]["colour"] == "RGB"
+    assert meta["crop"]["scale"] == 1.2 and "bilinear" in meta["crop"]["interpolation"]
+    assert 0 < meta["no_mask_threshold"] <= 0.5
+    assert meta["quantization"]["input"]["scale"] > 0
+    assert meta["training"]["data"]["images"] > 10000
+    assert (DEFAULT_BUNDLE / meta["file"]).stat().st_size < 4_000_000
+
+
+def test_batch_equals_one_by_one():
+    classifier = Classifier()
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 255, (5, classifier.crop.size, classifier.crop.size, 3), np.uint8)
+    together = classifier.scores(crops)
+    alone = np.concatenate([classifier.scores(crops[i:i + 1]) for i in range(5)])
+    assert np.allclose(together, alone, atol=1e-6)
+    assert np.allclose(together.sum(axis=1), 1.0, atol=0.02)
+
+
+def test_classifies_real_faces(shared):
+    classifier = Classifier()
+    right = 0
+    total = 0
+    for label in ("with_mask", "without_mask"):
+        for path in sorted((shared / "data" / "train" / "peng" / label).glob("*.jpg"))[:10]:
+            image = cv2.imread(str(path))
+            h, w = image.shape[:2]
+            side = int(max(h, w) / 1.2)
+            box = ((w - side) // 2, (h - side) // 2, side, side)
+            right += classifier.classify(image, [box])[0].label == label
+            total += 1
+    assert right >= 0.8 * total
+
+
+def copy_bundle(tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, target)
+    return target
+
+
+def test_replaced_model_file_is_refused(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    path = bundle / "classifier.tflite"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match model.json"):
+        Classifier(bundle)
+
+
+def test_corrupt_model_with_matching_checksum_is_a_clear_error(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    (bundle / "classifier.tflite").write_bytes(b"this is not a flatbuffer" * 10)
+    meta = json.loads((bundle / "model.json").read_text())
+    import hashlib
+
+    meta["sha256"] = hashlib.sha256((bundle / "classifier.tflite").read_bytes()).hexdigest()
+    (bundle / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="cannot load TFLite model"):
+        Classifier(bundle)
+
+
+def test_mismatched_labels_are_refused(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["labels"] = meta["labels"] + ["extra"]
+    (bundle / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="does not match model.json"):
+        Classifier(bundle)
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "bundle not found"),
+    ("{not json", "not valid JSON"),
+    ('{"format": "other"}', "not a maskwatch model bundle"),
+    ('{"format": "maskwatch-classifier"}', "lacks a valid field"),
+])
+def test_bad_model_json(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "model.json").write_text(content)
+    with pytest.raises(ModelError, match=message):
+        read_bundle(tmp_path)
+
+
+def test_bad_bundle_in_run_exits_78(tmp_path):
+    result = subprocess.run(agent_command("classify", "x.jpg", "--set",
+                                          f"classify.model={tmp_path}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.count("\n") == 1 and "bundle not found" in result.stderr
+
+
+def test_classify_cli_json_and_bad_image(tmp_path, shared):
+    face = sorted((shared / "data" / "train" / "peng" / "with_mask").glob("*.jpg"))[0]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = subprocess.run(agent_command("classify", str(face), str(bad), "--json"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 65
+    line = json.loads(result.stdout.strip().splitlines()[0])
+    assert line["image"] == str(face) and line["label"] in line["scores"]
+    assert set(line["scores"]) == set(read_bundle(None).labels)
+    assert "cannot decode image" in result.stderr

@@ -1,0 +1,140 @@
+"""Config: documented defaults, overrides, strict validation with exit 78, secrets."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent import config
+from agent.errors import ConfigError
+
+from .conftest import ROOT, agent_command
+
+
+def test_config_yaml_documents_every_default():
+    text = (ROOT / "config.yaml").read_text()
+    assert text == config.documented_yaml(), "regenerate: python -m agent.config > config.yaml"
+    assert yaml.safe_load(text) == config.defaults()
+
+
+def test_overrides_parse_yaml_scalars():
+    cfg = config.load(None, ["mqtt.port=1884", "detect.roi=[0, 0.2, 1, 0.5]",
+                             "mqtt.tls.insecure=true", "device_id=door-2"])
+    assert cfg["mqtt"]["port"] == 1884
+    assert cfg["detect"]["roi"] == [0.0, 0.2, 1.0, 0.5]
+    assert cfg["mqtt"]["tls"]["insecure"] is True
+    assert cfg["mqtt"]["client_id"] == "maskwatch-door-2"
+
+
+def test_state_dir_from_systemd(monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/maskwatch")
+    cfg = config.load(None)
+    assert cfg["outbox"]["path"] == "/var/lib/maskwatch/outbox.sqlite3"
+
+
+BAD_CONFIGS = [
+    ("mqtt: {port: abc}", "mqtt.port"),
+    ("mqtt: {port: 70000}", "mqtt.port"),
+    ("mqtt: {port: 1883.5}", "mqtt.port"),
+    ("mqtt: {prot: 1883}", "mqtt.prot"),
+    ("mqttt: {}", "mqttt"),
+    ("mqtt: {host: 'bad host!'}", "mqtt.host"),
+    ("mqtt: {keepalive: -1}", "mqtt.keepalive"),
+    ("mqtt: {topic_prefix: 'a/#'}", "mqtt.topic_prefix"),
+    ("mqtt: {require_tls: true}", "mqtt.require_tls"),
+    ("mqtt: {tls: {enabled: true, ca_file: /nonexistent/ca.pem}}", "mqtt.tls.ca_file"),
+    ("mqtt: {tls: {cert_file: /etc/hostname}}", "mqtt.tls.cert_file"),
+    ("mqtt: {password_env: MASKWATCH_TEST_UNSET_VAR}", "mqtt.password_env"),
+    ("mqtt: {password_file: /nonexistent/pw}", "mqtt.password_file"),
+    ("mqtt: 5", "mqtt"),
+    ("source: {uri: 'rtsp://'}", "source.uri"),
+    ("source: {uri: 'ftp://cam/stream'}", "source.uri"),
+    ("source: {uri: ''}", "source.uri"),
+    ("source: {retry_initial_s: -1}", "source.retry_initial_s"),
+    ("source: {retry_initial_s: 10, retry_max_s: 5}", "source.retry_max_s"),
+    ("source: {realtime: 'yes'}", "source.realtime"),
+    ("detect: {fps: -5}", "detect.fps"),
+    ("detect: {fps: 0}", "detect.fps"),
+    ("detect: {detector: ssd}", "detect.detector"),
+    ("detect: {roi: [0.5, 0.5, 0.8, 0.2]}", "detect.roi"),
+    ("detect: {roi: [0, 0]}", "detect.roi"),
+    ("detect: {model: /nonexistent/yunet.onnx}", "detect.model"),
+    ("classify: {model: /nonexistent/bundle}", "classify.model"),
+    ("classify: {threads: 0}", "classify.threads"),
+    ("classify: {no_mask_threshold: 1.5}", "classify.no_mask_threshold"),
+    ("track: {min_votes: 20, window: 5}", "track.min_votes"),
+    ("track: {agreement: 0.2}", "track.agreement"),
+    ("device_id: 'door/1'", "device_id"),
+    ("log_level: LOUD", "log_level"),
+    ("outbox: {max_events: 0}", "outbox.max_events"),
+    ("http: {port: 0}", "http.port"),
+    ("homeassistant: {enabled: 1}", "homeassistant.enabled"),
+]
+
+
+@pytest.mark.parametrize("text,key", BAD_CONFIGS)
+def test_bad_config_is_one_line_naming_the_key(text, key):
+    with pytest.raises(ConfigError) as err:
+        config.validate(yaml.safe_load(text))
+    message = str(err.value)
+    assert message.startswith(f"config: {key}:"), message
+    assert "\n" not in message
+
+
+def test_check_config_cli_exit_78_one_line(tmp_path):
+    assert len(BAD_CONFIGS) >= 20
+    for text, key in BAD_CONFIGS[:22]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        result = subprocess.run(agent_command("check-config", str(path)), capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 78, (text, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and key in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("text,where", [
+    ("mqtt: {port: 1883\n", "line"),  # broken YAML
+    ("- just\n- a list\n", "mapping"),
+])
+def test_unparseable_config(tmp_path, text, where):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=where):
+        config.load(path)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(Path("/nonexistent/config.yaml"))
+
+
+def test_secrets_never_printed(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt: {username: cam, password: hunter2-secret}\n")
+    result = subprocess.run(agent_command("check-config", str(path), "--print"),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2-secret" not in result.stdout + result.stderr
+    assert '"password": "***"' in result.stdout
+
+
+def test_password_from_env_and_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MW_PW", "from-env")
+    cfg = config.load(None, ["mqtt.password_env=MW_PW"])
+    assert config.mqtt_password(cfg) == "from-env"
+    pw = tmp_path / "pw"
+    pw.write_text("from-file\n")
+    pw.chmod(0o600)
+    cfg = config.load(None, [f"mqtt.password_file={pw}"])
+    assert config.mqtt_password(cfg) == "from-file"
+
+
+def test_set_override_errors():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        config.load(None, ["mqtt.port"])
+    with pytest.raises(ConfigError, match="not a section"):
+        config.load(None, ["mqtt.port=1", "mqtt.port.x=2"])

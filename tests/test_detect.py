@@ -1,0 +1,110 @@
+"""Face detectors on real scenes, the detect CLI, and model fetching."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import subprocess
+import threading
+
+import cv2
+import pytest
+
+from agent.detect import BlazeFaceDetector, _blazeface_anchors, create_detector
+from agent.errors import ModelError
+from agent.models import DETECTOR_FILES, FetchError, fetch
+
+from .conftest import agent_command
+
+
+def test_blazeface_anchor_counts():
+    assert len(_blazeface_anchors(128)) == 896
+    assert len(_blazeface_anchors(192)) == 2304
+
+
+@pytest.mark.parametrize("name", ["yunet", "blazeface", "haar"])
+def test_detectors_find_the_face(name, state_dir, dev_set):
+    image = cv2.imread(str(sorted((dev_set / "images").iterdir())[0]))
+    model = None if name == "haar" else state_dir / "models" / DETECTOR_FILES[name].name
+    faces = create_detector(name, model).detect(image)
+    assert faces, name
+    x, y, w, h = faces[0].box
+    assert 60 < x + w / 2 < 220 and 230 < y + h / 2 < 380  # the annotated face is here
+
+
+def test_blazeface_full_range(state_dir, dev_set):
+    det = BlazeFaceDetector(state_dir / "models" / DETECTOR_FILES["blazeface-full"].name)
+    assert det.input_size == 192
+    image = cv2.imread(str(sorted((dev_set / "images").iterdir())[0]))
+    assert det.detect(image)
+
+
+def test_missing_detector_model_says_how_to_fetch(tmp_path):
+    result = subprocess.run(agent_command("detect", "x.jpg", "--set", f"state_dir={tmp_path}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert "mask-agent models fetch" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_wrong_file_as_model(tmp_path):
+    bogus = tmp_path / "yunet.onnx"
+    bogus.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="cannot load YuNet"):
+        create_detector("yunet", bogus)
+    with pytest.raises(ModelError, match="cannot load TFLite"):
+        create_detector("blazeface", bogus)
+
+
+def test_detect_cli_json_and_annotate(state_dir, dev_set, tmp_path):
+    images = sorted((dev_set / "images").iterdir())[:3]
+    result = subprocess.run(
+        agent_command("detect", *map(str, images), "--json", "--annotate", str(tmp_path / "a"),
+                      "--set", f"state_dir={state_dir}"),
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == list(map(str, images))
+    face = lines[0]["faces"][0]
+    assert set(face) == {"box", "score", "label", "confidence"} and len(face["box"]) == 4
+    assert len(list((tmp_path / "a").glob("*.jpg"))) == 3
+
+
+def test_detect_cli_missing_image(state_dir):
+    result = subprocess.run(agent_command("detect", "/nonexistent.jpg", "--set",
+                                          f"state_dir={state_dir}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 66 and "image not found" in result.stderr
+
+
+def test_fetch_copies_from_folder_and_verifies(shared, tmp_path):
+    paths = fetch(tmp_path / "m", source_dir=shared / "models")
+    assert sorted(p.name for p in paths) == sorted(f.name for f in DETECTOR_FILES.values())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / DETECTOR_FILES["yunet"].name).write_bytes(b"tampered")
+    with pytest.raises(FetchError, match="refusing"):
+        fetch(tmp_path / "m2", source_dir=bad, names=["yunet"])
+    assert not (tmp_path / "m2" / DETECTOR_FILES["yunet"].name).exists()
+
+
+def test_fetch_downloads_over_http(shared, tmp_path):
+    """The real download path, against a local mirror of the public files."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(shared / "models"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        result = subprocess.run(agent_command("models", "fetch", "--base-url", url,
+                                              "--dest", str(tmp_path / "m")),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout.splitlines()) == len(DETECTOR_FILES)
+        result = subprocess.run(agent_command("models", "fetch", "--base-url", url + "/nope",
+                                              "--dest", str(tmp_path / "n")),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 69 and "cannot download" in result.stderr
+    finally:
+        server.shutdown()
