@@ -63,7 +63,8 @@ def models_dir(state_dir: str | Path | None = None) -> Path:
     return Path(state_dir) / "models"
 
 
-def detector_model_path(detector: str, configured: str | None, state_dir: str | Path) -> Path | None:
+def detector_model_path(detector: str, configured: str | None,
+                        state_dir: str | Path) -> Path | None:
     """The detector's model file: the configured path, else the fetched default."""
     if detector == "haar":
         return None

@@ -9,6 +9,7 @@ are dropped and counted; the count survives restarts and is reported in `stats`.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -80,10 +81,8 @@ class Outbox:
                 raise StateError(f"cannot write event outbox {self.path}: {exc}") from None
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         self._bytes = self._query_bytes()
 
     def _enforce_bounds(self) -> int:

@@ -12,6 +12,7 @@ oldest unacknowledged message: a redelivered duplicate keeps its event id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -101,10 +102,8 @@ class Publisher:
         self._pump.join(timeout=2.0)
         if self.connected.is_set():
             info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                pass
         self._client.disconnect()
         self._client.loop_stop()
         return self.outbox.depth()

@@ -7,6 +7,7 @@ Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -26,11 +27,8 @@ def _send(message: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(message.encode(), address)
-        except OSError:
-            pass
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(message.encode(), address)
 
 
 class Notifier:

@@ -165,7 +165,8 @@ def export(run: Path, out: Path, name: str, io_type: str = "uint8", calibration:
     details = classifier._interpreter
     inp, outp = details.get_input_details()[0], details.get_output_details()[0]
     meta["quantization"] = {
-        "input": {"scale": float(inp["quantization"][0]), "zero_point": int(inp["quantization"][1])},
+        "input": {"scale": float(inp["quantization"][0]),
+                  "zero_point": int(inp["quantization"][1])},
         "output": {"scale": float(outp["quantization"][0]),
                    "zero_point": int(outp["quantization"][1])},
     }

@@ -84,8 +84,9 @@ class Broker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Broker:
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
+                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -93,7 +94,8 @@ class Broker:
                     return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-500:]}")
+                    raise RuntimeError(
+                        f"mosquitto exited: {self.log.read_text()[-500:]}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 
