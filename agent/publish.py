@@ -93,8 +93,8 @@ class Publisher:
         Returns the number of events left in the outbox for the next start.
         """
         deadline = time.monotonic() + drain_timeout_s
-        while time.monotonic() < deadline and self.connected.is_set() and self.outbox.depth():
-            self.wake()
+        while time.monotonic() < deadline and self.outbox.depth():
+            self.wake()  # waits for a reconnect too: the broker may be back any moment
             time.sleep(0.05)
         with self._cond:
             self._stopping = True

@@ -78,8 +78,9 @@ class Broker:
     def __init__(self, workdir: Path, port: int, extra: str = "") -> None:
         self.port = port
         self.conf = workdir / f"mosquitto-{port}.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                             f"persistence false\n{extra}")
+        user = "user root\n" if os.geteuid() == 0 else ""  # else it drops to 'mosquitto'
+        self.conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\n"
+                             f"{extra or 'persistence false'}\n")
         self.log = workdir / f"mosquitto-{port}.log"
         self.proc: subprocess.Popen | None = None
 
