@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_FAILURE, MaskwatchError
+from .predict import annotate, detect_result, read_image_file
 
 log = logging.getLogger("maskwatch")
 
@@ -33,9 +34,14 @@ def cmd_run(args) -> int:
     setup_logging(cfg["log_level"])
     agent = Agent(cfg)
     if cfg["http"]["enabled"]:
+        from .errors import ConfigError
         from .http import HttpEndpoint
 
-        agent.http = HttpEndpoint(cfg, agent)
+        try:
+            agent.http = HttpEndpoint(cfg, agent)
+        except OSError as exc:
+            raise ConfigError(f"config: http.port: cannot listen on {cfg['http']['host']}:"
+                              f"{cfg['http']['port']}: {exc.strerror}") from None
     agent.install_signal_handlers()
     return agent.run(args.source, until_eof=args.until_eof)
 
@@ -64,48 +70,6 @@ def _classifier_from(cfg: dict):
 
     c = cfg["classify"]
     return Classifier(c["model"], threads=c["threads"], no_mask_threshold=c["no_mask_threshold"])
-
-
-def read_image_file(path: str):
-    """BGR image from a file; raises InputError/SourceError with a one-line reason."""
-    import cv2
-    import numpy as np
-
-    from .errors import InputError, SourceError
-
-    p = Path(path)
-    if not p.is_file():
-        raise SourceError(f"image not found: {path}")
-    image = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"cannot decode image {path} (not an image, or truncated)")
-    return image
-
-
-def detect_result(image, detector, classifier) -> dict:
-    """The JSON of `mask-agent detect` (and POST /v1/predict) for one image."""
-    faces = detector.detect(image)
-    predictions = classifier.classify(image, [f.box for f in faces])
-    return {
-        "width": int(image.shape[1]),
-        "height": int(image.shape[0]),
-        "faces": [{"box": [int(v) for v in f.box], "score": round(f.score, 4),
-                   "label": p.label, "confidence": p.confidence}
-                  for f, p in zip(faces, predictions)],
-    }
-
-
-def annotate(image, result: dict):
-    import cv2
-
-    colours = {"with_mask": (0, 180, 0), "without_mask": (0, 0, 255)}
-    for face in result["faces"]:
-        x, y, w, h = face["box"]
-        colour = colours.get(face["label"], (0, 165, 255))
-        cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
-        cv2.putText(image, f"{face['label']} {face['confidence']:.2f}", (x, max(10, y - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
-    return image
 
 
 def cmd_detect(args) -> int:

@@ -212,16 +212,16 @@ class Publisher:
         client.publish(self.status_topic, self._status, qos=1, retain=True)
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
-        for callback in self.on_connected:
-            try:
-                callback()
-            except Exception:  # a bad announcement must not stop event delivery
-                log.exception("on-connect callback failed")
         with self._cond:
             self._inflight.clear()
             self._last_sent = 0  # resend everything not yet acknowledged, oldest first
             self.connected.set()
             self._cond.notify_all()
+        for callback in self.on_connected:
+            try:
+                callback()
+            except Exception:  # a bad announcement must not stop event delivery
+                log.exception("on-connect callback failed")
 
     def _on_connect_fail(self, client, userdata) -> None:
         self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}"

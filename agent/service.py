@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+
 from .camera import Source, describe, open_source
 from .classify import Classifier
 from .config import mqtt_password
@@ -159,6 +161,36 @@ class Agent:
             "broker_error": self.publisher.last_error,
             "status": self.status_text(),
         }
+
+    def health_report(self) -> tuple[bool, dict]:
+        """(healthy, details): healthy when the source delivers and the broker is connected."""
+        source_ok = self.health.source == "ok"
+        broker_ok = self.publisher.connected.is_set()
+        return source_ok and broker_ok, {
+            "status": self.status_text(), "source": self.health.source,
+            "source_error": self.health.source_error, "broker_connected": broker_ok,
+            "broker_error": self.publisher.last_error, "outbox_error": self.health.outbox_error,
+        }
+
+    def snapshot_jpeg(self) -> bytes | None:
+        """The latest frame with the latest boxes, as JPEG (None before the first frame)."""
+        frame = self.latest_frame
+        if frame is None:
+            return None
+        image = frame.image.copy()
+        for face in self.pipeline.latest:
+            x, y, w, h = face.box
+            colour = (0, 0, 255) if face.label == "without_mask" else (0, 180, 0)
+            cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
+            cv2.putText(image, f"#{face.track_id} {face.label or '?'}", (x, max(10, y - 4)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        return buf.tobytes() if ok else None
+
+    def make_predictor(self):
+        """A separate detector and classifier for HTTP requests (interpreters aren't shared)."""
+        fresh = build_pipeline(self.cfg)
+        return fresh.detector, fresh.classifier
 
     def _maybe_stats(self) -> None:
         now = time.monotonic()

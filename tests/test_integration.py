@@ -1,0 +1,142 @@
+"""Home Assistant discovery and the HTTP endpoint, against a real broker and server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import paho.mqtt.publish as mqtt_publish
+import pytest
+
+from agent.config import load
+from agent.discovery import discovery_messages, is_birth
+
+from .conftest import agent_command, free_port
+from .mqtt_helpers import Collector
+
+# Keys Home Assistant's MQTT integration requires per platform (plus a unique_id for a
+# device-bound entity, and identifiers or connections in the device block).
+REQUIRED = {"binary_sensor": {"state_topic"}, "sensor": {"state_topic"},
+            "event": {"state_topic", "event_types"}}
+
+
+def check_discovery_payload(topic: str, payload: dict) -> None:
+    component = topic.split("/")[1]
+    assert REQUIRED[component] <= set(payload), topic
+    assert payload["unique_id"] and payload["name"]
+    assert payload["device"]["identifiers"]
+    assert payload["availability_topic"].endswith("/status")
+    if component == "binary_sensor":
+        assert payload["off_delay"] > 0
+    if component == "event":
+        assert set(payload["event_types"]) == {"new", "update", "end"}
+
+
+def test_discovery_payloads_unit():
+    cfg = load(None, ["device_id=front-door"])
+    messages = discovery_messages(cfg, "maskwatch/front-door",
+                                  ["with_mask", "without_mask", "mask_weared_incorrect"], "m")
+    topics = [t for t, _ in messages]
+    assert "homeassistant/binary_sensor/maskwatch_front_door/unmasked/config" in topics
+    assert len(topics) == len(set(topics)) == 5
+    for topic, payload in messages:
+        check_discovery_payload(topic, json.loads(payload))
+
+
+@pytest.mark.parametrize("payload,expected", [(b"online", True), (b"offline", False)])
+def test_birth_payload(payload, expected):
+    assert is_birth(payload) is expected
+
+
+@pytest.mark.parametrize("payload", [b"", b"restart", b"x" * 100, b'{"state": "online"}'])
+def test_birth_payload_rejects_anything_else(payload):
+    with pytest.raises(ValueError):
+        is_birth(payload)
+
+
+def get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), err.headers.get("Content-Type")
+
+
+def post(url: str, body: bytes):
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    return get(request)
+
+
+@pytest.fixture
+def running_agent(broker, state_dir, street_video, tmp_path):
+    port = free_port()
+    collector = Collector(broker.port, "#", client_id="ha-test")
+    proc = subprocess.Popen(agent_command(
+        "run", "--source", str(street_video), "--set", "source.loop=true",
+        "--set", "source.realtime=true", "--set", f"state_dir={state_dir}",
+        "--set", f"outbox.path={tmp_path}/o.sqlite3", "--set", f"mqtt.port={broker.port}",
+        "--set", "mqtt.host=127.0.0.1", "--set", "device_id=hall", "--set", "http.enabled=true",
+        "--set", f"http.port={port}", "--set", "http.max_upload_bytes=200000",
+        "--set", "mqtt.stats_interval_s=1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if get(base + "/healthz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    yield base, collector, broker
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    collector.close()
+    assert proc.returncode == 0, err
+
+
+def test_discovery_announced_and_reannounced(running_agent):
+    _, collector, broker = running_agent
+    prefix = "homeassistant/"
+    assert collector.wait_for(lambda: len([t for t, _, _ in collector.messages
+                                           if t.startswith(prefix) and
+                                           t.endswith("/config")]) >= 5, 20)
+    configs = [(t, p) for t, p, _ in collector.messages if t.startswith(prefix)]
+    for topic, payload in configs:
+        check_discovery_payload(topic, json.loads(payload))
+    before = len(configs)
+    mqtt_publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=broker.port)
+    assert collector.wait_for(lambda: len([t for t, _, _ in collector.messages
+                                           if t.startswith(prefix)]) >= before + 5, 20)
+    # a malformed birth message is ignored, the agent keeps running
+    mqtt_publish.single("homeassistant/status", "x" * 5000, hostname="127.0.0.1",
+                        port=broker.port)
+    assert collector.wait_for(lambda: collector.on("/counts"), 20)
+    assert collector.wait_for(lambda: collector.on("hall/stats"), 20)
+    stats = json.loads(collector.on("hall/stats")[-1])
+    assert stats["outbox_depth"] >= 0 and "outbox_dropped" in stats
+
+
+def test_http_endpoint(running_agent, dev_set):
+    base, _, _ = running_agent
+    status, body, _ = get(base + "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "online"
+    status, body, ctype = get(base + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    assert "maskwatch_frames_total" in body.decode() and "maskwatch_outbox_depth" in body.decode()
+    status, body, _ = get(base + "/snapshot.jpg")
+    assert status == 404 and b"disabled" in body  # privacy by default
+    image = sorted((dev_set / "images").iterdir())[0].read_bytes()
+    status, body, _ = post(base + "/v1/predict", image)
+    result = json.loads(body)
+    assert status == 200 and result["faces"] and {"box", "label", "confidence"} <= set(
+        result["faces"][0])
+    status, body, _ = post(base + "/v1/predict", b"definitely not an image")
+    assert status == 400 and "cannot decode image" in json.loads(body)["error"]
+    status, body, _ = post(base + "/v1/predict", b"\0" * 300_000)
+    assert status == 413 and "max_upload_bytes" in json.loads(body)["error"]
+    assert get(base + "/nope")[0] == 404
