@@ -20,7 +20,7 @@ MAX_BIRTH_BYTES = 16
 
 
 def node_id(device_id: str) -> str:
-    return f"maskwatch_{device_id}".replace("-", "_")
+    return f"maskwatch_{device_id}"  # hyphens are valid here and match ACL patterns (%u)
 
 
 def device_block(device_id: str, model_name: str) -> dict:

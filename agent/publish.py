@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -28,6 +29,26 @@ log = logging.getLogger("maskwatch.publish")
 
 IN_FLIGHT = 20
 AUTH_FAILURES = {"Bad user name or password", "Not authorized"}
+
+
+def diagnose_connect(host: str, port: int, tls: dict | None, timeout: float = 5.0) -> str:
+    """Why a connection fails, in one line (paho only says that it failed)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if tls is None:
+                return "connection closed by the broker"
+            context = ssl.create_default_context(cafile=tls["ca_file"])
+            if tls["cert_file"]:
+                context.load_cert_chain(tls["cert_file"], tls["key_file"])
+            if tls["insecure"]:
+                context.check_hostname = False
+            with context.wrap_socket(sock, server_hostname=host):
+                return "TLS handshake succeeded; the broker closed the connection"
+    except ssl.SSLError as exc:
+        return f"TLS error: {exc.reason or exc} ({exc.verify_message or 'handshake failed'})" \
+            if isinstance(exc, ssl.SSLCertVerificationError) else f"TLS error: {exc}"
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 def topic_base(cfg: dict) -> str:
@@ -55,6 +76,7 @@ class Publisher:
         self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # (paho info, seq)
         self._last_sent = 0
         self._stopping = False
+        self._tls = mqtt_cfg["tls"] if mqtt_cfg["tls"]["enabled"] else None
         self._client = self._make_client(cfg, password)
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
 
@@ -224,7 +246,8 @@ class Publisher:
                 log.exception("on-connect callback failed")
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}"
+        reason = diagnose_connect(self.host, self.port, self._tls)
+        self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}: {reason}"
         log.warning("%s; retrying with backoff", self.last_error)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -10,7 +10,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 
 class Collector:
-    def __init__(self, port: int, topic: str = "#", client_id: str = "test-collector") -> None:
+    def __init__(self, port: int, topic: str = "#", client_id: str = "test-collector",
+                 username: str | None = None, password: str | None = None) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -21,6 +22,8 @@ class Collector:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.reconnect_delay_set(1, 1)
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.connect_async("127.0.0.1", port, 30)
         self.client.loop_start()
         if not self._subscribed.wait(10):

@@ -41,7 +41,7 @@ def test_discovery_payloads_unit():
     messages = discovery_messages(cfg, "maskwatch/front-door",
                                   ["with_mask", "without_mask", "mask_weared_incorrect"], "m")
     topics = [t for t, _ in messages]
-    assert "homeassistant/binary_sensor/maskwatch_front_door/unmasked/config" in topics
+    assert "homeassistant/binary_sensor/maskwatch_front-door/unmasked/config" in topics
     assert len(topics) == len(set(topics)) == 5
     for topic, payload in messages:
         check_discovery_payload(topic, json.loads(payload))

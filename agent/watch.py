@@ -1,0 +1,103 @@
+"""`mask-agent watch`: subscribe to the events of every device and print a live tally.
+
+A small, strict subscriber: payloads that are not valid events (bad JSON, wrong schema,
+oversized) are skipped with a log line, never crash the watcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import sys
+import time
+from collections import Counter, defaultdict
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .config import mqtt_password
+from .errors import BrokerError
+
+log = logging.getLogger("maskwatch.watch")
+MAX_PAYLOAD = 64 * 1024
+EVENT_KEYS = {"id", "type", "device_id", "track_id", "label"}
+
+
+def parse_event(payload: bytes) -> dict:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes is too large")
+    event = json.loads(payload)
+    if not isinstance(event, dict) or not EVENT_KEYS.issubset(event):
+        raise ValueError("not a maskwatch event")
+    return event
+
+
+def connect(cfg: dict, on_message) -> mqtt.Client:
+    m = cfg["mqtt"]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{m['client_id']}-watch")
+    if m["username"]:
+        client.username_pw_set(m["username"], mqtt_password(cfg))
+    if m["tls"]["enabled"]:
+        client.tls_set(ca_certs=m["tls"]["ca_file"], certfile=m["tls"]["cert_file"],
+                       keyfile=m["tls"]["key_file"], cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_insecure_set(m["tls"]["insecure"])
+    prefix = m["topic_prefix"]
+    client.on_connect = lambda c, *a: (c.subscribe(f"{prefix}/+/events", qos=1),
+                                       c.subscribe(f"{prefix}/+/status", qos=1))
+    client.on_message = on_message
+    try:
+        client.connect(m["host"], m["port"], m["keepalive"])
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"cannot connect to MQTT broker {m['host']}:{m['port']}: "
+                          f"{exc}") from None
+    return client
+
+
+def watch(cfg: dict, count: int = 0, timeout: float = 0, as_json: bool = False) -> int:
+    inbox: queue.Queue = queue.Queue()
+    client = connect(cfg, lambda c, u, msg: inbox.put((msg.topic, msg.payload)))
+    client.loop_start()
+    tally: dict[str, Counter] = defaultdict(Counter)
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout if timeout else None
+    shown = 0
+    try:
+        while not count or shown < count:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                break
+            try:
+                topic, payload = inbox.get(timeout=wait if wait is not None else 1.0)
+            except queue.Empty:
+                continue
+            if topic.endswith("/status"):
+                if not as_json:
+                    print(f"{topic.split('/')[-2]}: {payload.decode(errors='replace')}")
+                continue
+            try:
+                event = parse_event(payload)
+            except ValueError as exc:
+                log.warning("skipping message on %s: %s", topic, exc)
+                print(f"skipping message on {topic}: {exc}", file=sys.stderr)
+                continue
+            if event["id"] in seen:  # at-least-once delivery: drop duplicates by id
+                continue
+            seen.add(event["id"])
+            shown += 1
+            if event["type"] == "new":
+                tally[event["device_id"]][event["label"]] += 1
+            if as_json:
+                print(json.dumps(event), flush=True)
+            else:
+                counts = ", ".join(f"{k}={v}" for k, v in sorted(tally[event["device_id"]].items()))
+                print(f"{event.get('ts', '')} {event['device_id']} #{event['track_id']} "
+                      f"{event['type']:<6} {event['label']} ({event.get('confidence', 0):.2f})"
+                      f"  | {counts}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return 0

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# maskwatch installer for Raspberry Pi OS / Debian (arm64, x86_64). Idempotent: run it
+# again to upgrade; an existing /etc/maskwatch/config.yaml is never overwritten.
+#
+#   sudo deploy/install.sh                       # install and start the service
+#   sudo deploy/install.sh --models-from DIR     # offline: copy detector models from DIR
+#   sudo deploy/install.sh --uninstall [--purge] # remove (--purge: config and state too)
+#   deploy/install.sh --root /tmp/r --no-apt --no-systemctl   # lay files into a temp root
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=""
+APT=1
+SYSTEMCTL=1
+USERADD=1
+UNINSTALL=0
+PURGE=0
+MODELS_FROM=""
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT=${2:?--root needs a folder}; shift 2 ;;
+    --no-apt) APT=0; shift ;;
+    --no-systemctl) SYSTEMCTL=0; shift ;;
+    --no-user) USERADD=0; shift ;;
+    --models-from) MODELS_FROM=${2:?--models-from needs a folder}; shift 2 ;;
+    --uninstall) UNINSTALL=1; shift ;;
+    --purge) PURGE=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "install.sh: unknown option $1" >&2; usage 2 ;;
+  esac
+done
+
+if [ -n "$ROOT" ]; then
+  ROOT=$(mkdir -p "$ROOT" && cd "$ROOT" && pwd)
+  USERADD=0   # a temporary root has no users of its own
+fi
+OPT="$ROOT/opt/maskwatch"
+VENV="$OPT/venv"
+ETC="$ROOT/etc/maskwatch"
+STATE="$ROOT/var/lib/maskwatch"
+UNIT="$ROOT/etc/systemd/system/maskwatch.service"
+
+if [ "$UNINSTALL" = 1 ]; then
+  if [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null; then
+    systemctl disable --now maskwatch.service 2>/dev/null || true
+  fi
+  rm -f "$UNIT"
+  rm -rf "$OPT"
+  if [ "$PURGE" = 1 ]; then rm -rf "$ETC" "$STATE"; fi
+  [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null && systemctl daemon-reload || true
+  if [ "$PURGE" = 1 ]; then echo "maskwatch removed (config and state purged)"
+  else echo "maskwatch removed (kept $ETC and $STATE; --purge removes them)"; fi
+  exit 0
+fi
+
+[ "$(id -u)" = 0 ] || [ -n "$ROOT" ] || die "run as root (sudo), or use --root DIR"
+
+if [ "$APT" = 1 ]; then
+  echo "== system packages"
+  apt-get update -qq
+  apt-get install -y -qq python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
+    >/dev/null
+fi
+
+if [ "$USERADD" = 1 ] && ! id maskwatch >/dev/null 2>&1; then
+  echo "== user maskwatch (groups: video)"
+  useradd --system --home-dir /var/lib/maskwatch --no-create-home --shell /usr/sbin/nologin \
+    --groups video maskwatch
+fi
+
+echo "== virtualenv $VENV"
+mkdir -p "$OPT"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q "$SRC[systemd]"
+
+echo "== config $ETC/config.yaml"
+mkdir -p "$ETC"
+if [ -e "$ETC/config.yaml" ]; then
+  echo "   kept the existing config (new defaults: $SRC/config.yaml)"
+else
+  sed -e 's|^state_dir: null|state_dir: /var/lib/maskwatch|' "$SRC/config.yaml" > "$ETC/config.yaml"
+  chmod 0640 "$ETC/config.yaml"
+fi
+"$VENV/bin/mask-agent" check-config "$ETC/config.yaml" --set "state_dir=$STATE" >/dev/null
+
+echo "== detector models $STATE/models"
+mkdir -p "$STATE"
+if [ -n "$MODELS_FROM" ]; then
+  "$VENV/bin/mask-agent" models fetch --dest "$STATE/models" --from "$MODELS_FROM"
+else
+  "$VENV/bin/mask-agent" models fetch --dest "$STATE/models"
+fi
+if [ "$USERADD" = 1 ]; then
+  chown -R maskwatch:maskwatch "$STATE"
+  chgrp maskwatch "$ETC/config.yaml"
+fi
+
+echo "== systemd unit $UNIT"
+mkdir -p "$(dirname "$UNIT")"
+sed -e "s|/opt/maskwatch/venv|$VENV|g" -e "s|/etc/maskwatch/|$ETC/|g" \
+  "$SRC/deploy/maskwatch.service" > "$UNIT"
+if [ "$SYSTEMCTL" = 1 ] && [ -z "$ROOT" ] && command -v systemctl >/dev/null; then
+  systemctl daemon-reload
+  systemctl enable --now maskwatch.service
+  echo "maskwatch is running: journalctl -u maskwatch -f"
+else
+  echo "maskwatch installed under ${ROOT:-/} (service not started)"
+fi

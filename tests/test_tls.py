@@ -1,0 +1,116 @@
+"""TLS with CA verification, passwords and ACLs against a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .conftest import agent_command, free_port
+from .mqtt_helpers import Collector
+
+
+def openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "rogue"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-subj", f"/CN=maskwatch {ca}",
+                cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=localhost", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
+    return d
+
+
+@pytest.fixture
+def secure_broker(make_broker, pki, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    for user, password in (("door1", "right-pass"), ("homeassistant", "ha-pass")):
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+    acl = tmp_path / "acl"
+    acl.write_text("pattern readwrite maskwatch/%u/#\npattern write homeassistant/+/maskwatch_%u/#\n"
+                   "topic read homeassistant/status\n\nuser homeassistant\ntopic read maskwatch/#\n")
+    plain = free_port()
+    tls = free_port()
+    extra = (f"per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\n"
+             f"acl_file {acl}\npersistence false\n"
+             f"listener {tls} 127.0.0.1\ncafile {pki}/ca.crt\ncertfile {pki}/server.crt\n"
+             f"keyfile {pki}/server.key\n")
+    broker = make_broker(extra, port=plain)
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", ""))
+    broker.start()
+    broker.tls_port = tls
+    time.sleep(0.3)
+    return broker
+
+
+def agent_args(state_dir, tmp_path, port, *extra):
+    pw = tmp_path / "pw"
+    if not pw.exists():
+        pw.write_text("right-pass\n")
+        pw.chmod(0o600)
+    return ["--set", f"state_dir={state_dir}", "--set", f"outbox.path={tmp_path}/o.sqlite3",
+            "--set", f"mqtt.port={port}", "--set", "mqtt.host=127.0.0.1",
+            "--set", "device_id=door1", "--set", "mqtt.username=door1",
+            "--set", f"mqtt.password_file={pw}", "--set", "mqtt.reconnect_min_s=1", *extra]
+
+
+def test_tls_with_ca_and_password_delivers(secure_broker, pki, state_dir, street_video, tmp_path):
+    collector = Collector(secure_broker.port, "maskwatch/door1/#", username="homeassistant",
+                          password="ha-pass")
+    try:
+        result = subprocess.run(agent_command(
+            "run", "--source", str(street_video), "--until-eof", "--set", "detect.fps=2",
+            *agent_args(state_dir, tmp_path, secure_broker.tls_port,
+                        "--set", "mqtt.tls.enabled=true", "--set", "mqtt.require_tls=true",
+                        "--set", f"mqtt.tls.ca_file={pki}/ca.crt")),
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert collector.wait_for(lambda: len(collector.on("/events")) > 5, 10)
+    finally:
+        collector.close()
+    assert "right-pass" not in result.stderr
+    assert all(json.loads(p)["device_id"] == "door1" for p in collector.on("/events"))
+
+
+def run_for(seconds, cmd):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
+def test_wrong_ca_is_refused(secure_broker, pki, state_dir, street_video, tmp_path):
+    code, err = run_for(5, agent_command(
+        "run", "--source", str(street_video), "--set", "source.realtime=true",
+        *agent_args(state_dir, tmp_path, secure_broker.tls_port, "--set", "mqtt.tls.enabled=true",
+                    "--set", f"mqtt.tls.ca_file={pki}/rogue.crt")))
+    assert code == 0, err
+    assert "CERTIFICATE_VERIFY_FAILED" in err, err[-3000:]
+    assert "connected to MQTT broker" not in err
+
+
+def test_wrong_password_reported_with_backoff(secure_broker, state_dir, street_video, tmp_path):
+    (tmp_path / "pw").write_text("wrong-pass\n")
+    code, err = run_for(6, agent_command(
+        "run", "--source", str(street_video), "--set", "source.realtime=true",
+        *agent_args(state_dir, tmp_path, secure_broker.port)))
+    assert code == 0, err
+    refusals = err.count("refused the credentials")
+    assert 1 <= refusals <= 4, err  # backoff 1, 2, 4 s: no hot loop
+    assert "wrong-pass" not in err
