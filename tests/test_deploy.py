@@ -1,0 +1,109 @@
+"""Deployment: the systemd unit, the installer in a temporary root, the container files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from .conftest import IN_CI, ROOT
+
+UNIT = ROOT / "deploy" / "maskwatch.service"
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_unit_has_the_required_settings():
+    s = unit_settings()
+    assert s["Type"] == ["notify"] and s["Restart"] == ["on-failure"]
+    assert s["RestartPreventExitStatus"] == ["78"] and int(s["WatchdogSec"][0]) > 0
+    assert s["StateDirectory"] == ["maskwatch"] and s["ConfigurationDirectory"] == ["maskwatch"]
+    assert "video" in s["SupplementaryGroups"][0] and s["User"] == ["maskwatch"]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
+        assert s[key] == ["yes"], key
+    assert s["ProtectSystem"] == ["strict"]
+    assert "PrivateDevices" not in s  # it would hide the cameras
+    assert any(v.startswith("/dev/video") for v in s["DeviceAllow"])
+    assert s["SystemCallFilter"] == ["@system-service"]
+    assert "AF_INET" in s["RestrictAddressFamilies"][0]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, shared):
+    root = tmp_path_factory.mktemp("root")
+    cmd = ["bash", str(ROOT / "deploy" / "install.sh"), "--root", str(root), "--no-apt",
+           "--no-systemctl", "--models-from", str(shared / "models")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    return root, cmd
+
+
+def test_installer_lays_down_a_working_install(installed):
+    root, _ = installed
+    venv = root / "opt" / "maskwatch" / "venv"
+    agent = venv / "bin" / "mask-agent"
+    config = root / "etc" / "maskwatch" / "config.yaml"
+    unit = root / "etc" / "systemd" / "system" / "maskwatch.service"
+    models = root / "var" / "lib" / "maskwatch" / "models"
+    assert agent.is_file() and config.is_file() and unit.is_file()
+    assert (models / "face_detection_yunet_2023mar.onnx").is_file()
+    assert yaml.safe_load(config.read_text())["state_dir"] == "/var/lib/maskwatch"
+    assert f"ExecStart={agent} run --config {config}" in unit.read_text()
+    # the device install has no TensorFlow
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorflow"],
+                           capture_output=True)
+    assert probe.returncode != 0
+    check = subprocess.run([str(agent), "check-config", str(config), "--set",
+                            f"state_dir={root}/var/lib/maskwatch"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                                text=True)
+        problems = [line for line in verify.stderr.splitlines()
+                    if "maskwatch.service" in line and "User" not in line]
+        assert not problems, verify.stderr
+    elif IN_CI:
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+
+
+def test_installer_is_idempotent_and_keeps_config(installed):
+    root, cmd = installed
+    config = root / "etc" / "maskwatch" / "config.yaml"
+    config.write_text(config.read_text() + "\n# operator edit\n")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "kept the existing config" in again.stdout
+    assert config.read_text().endswith("# operator edit\n")
+
+
+def test_uninstall_then_purge(installed, tmp_path):
+    root, cmd = installed
+    copy = tmp_path / "r"
+    shutil.copytree(root, copy, symlinks=True)
+    base = ["bash", str(ROOT / "deploy" / "install.sh"), "--root", str(copy), "--no-systemctl"]
+    out = subprocess.run(base + ["--uninstall"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert not (copy / "opt" / "maskwatch").exists()
+    assert not (copy / "etc" / "systemd" / "system" / "maskwatch.service").exists()
+    assert (copy / "etc" / "maskwatch" / "config.yaml").exists()
+    subprocess.run(base + ["--uninstall", "--purge"], check=True, capture_output=True)
+    assert not (copy / "etc" / "maskwatch").exists()
+    assert not (copy / "var" / "lib" / "maskwatch").exists()
+
+
+def test_container_files_mirror_the_install():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "USER maskwatch" in dockerfile and "[convert]" not in dockerfile
+    assert "pip install ." in dockerfile and "models fetch" in dockerfile
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    assert {"mosquitto", "maskwatch"} <= set(compose["services"])
+    assert "/dev/video0:/dev/video0" in compose["services"]["maskwatch"]["devices"]
