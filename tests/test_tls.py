@@ -42,8 +42,10 @@ def secure_broker(make_broker, pki, tmp_path):
     for user, password in (("door1", "right-pass"), ("homeassistant", "ha-pass")):
         subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
     acl = tmp_path / "acl"
-    acl.write_text("pattern readwrite maskwatch/%u/#\npattern write homeassistant/+/maskwatch_%u/#\n"
-                   "topic read homeassistant/status\n\nuser homeassistant\ntopic read maskwatch/#\n")
+    acl.write_text("pattern readwrite maskwatch/%u/#\n"
+                   "pattern write homeassistant/+/maskwatch_%u/#\n"
+                   "topic read homeassistant/status\n\n"
+                   "user homeassistant\ntopic read maskwatch/#\n")
     plain = free_port()
     tls = free_port()
     extra = (f"per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\n"
