@@ -1,0 +1,133 @@
+"""mask-convert end to end on a few dozen real faces: train, export int8, evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT
+
+pytest.importorskip("tensorflow", reason="mask-convert needs the [convert] extra")
+
+WEIGHTS_035 = "weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+WEIGHTS_100 = "weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+def convert(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "convert", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, shared):
+    """36 real faces (12 per class) and one truncated file."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    for label, source in (("with_mask", "peng"), ("without_mask", "peng"),
+                          ("mask_weared_incorrect", "jolignier")):
+        (root / label).mkdir(parents=True)
+        for path in sorted((shared / "data" / "train" / source / label).glob("*.jpg"))[:12]:
+            shutil.copy(path, root / label / path.name)
+    good = sorted((root / "with_mask").glob("*.jpg"))[0].read_bytes()
+    (root / "with_mask" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data, shared):
+    run = tmp_path_factory.mktemp("run") / "run"
+    result = convert("train", str(tiny_data), "--out", str(run), "--size", "96", "--alpha",
+                     "0.35", "--weights", str(shared / WEIGHTS_035), "--epochs", "2",
+                     "--copies", "1", "--val-fraction", "0.25", "--fine-tune", "8",
+                     "--fine-tune-epochs", "1", "--detector-model",
+                     str(shared / "models" / "face_detection_yunet_2023mar.onnx"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    for name in ("model.keras", "config.json", "report.json", "training_curves.png",
+                 "confusion_validation.png", "validation_crops.npz"):
+        assert (trained / name).is_file(), name
+    report = json.loads((trained / "report.json").read_text())
+    assert report["labels"] == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert report["data"]["classes"]["with_mask"] == 13  # the truncated file is scanned
+    assert report["split"]["train"] + report["split"]["validation"] == 36
+    assert any("truncated.jpg" in p for p in report["unreadable"])
+    assert report["face_crops"]["detected"] > 0
+    assert "validation" in report and "confusion_matrix" in report["validation"]
+
+
+def test_export_int8_bundle_agrees_with_keras(trained, tmp_path):
+    import keras
+
+    from agent.classify import Classifier
+
+    bundle = tmp_path / "bundle"
+    result = convert("export", str(trained), "--out", str(bundle), "--calibration", "40",
+                     "--max-drop", "100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["input"]["dtype"] == "uint8" and meta["quantization"]["input"]["scale"] > 0
+    assert meta["metrics"]["parity"]["agreement"] >= 0.0
+    classifier = Classifier(bundle)  # the agent's own interpreter code
+    report = json.loads((trained / "report.json").read_text())
+    assert classifier.labels == report["labels"]
+    crops = np.load(trained / "validation_crops.npz")["x"]
+    keras_scores = keras.models.load_model(trained / "model.keras").predict(
+        crops.astype(np.float32), verbose=0)
+    int8_scores = classifier.scores(crops)
+    agreement = np.mean(keras_scores.argmax(1) == int8_scores.argmax(1))
+    assert agreement >= 0.8, agreement
+    assert np.max(np.abs(keras_scores - int8_scores)) < 0.25
+
+
+def test_export_fails_when_int8_drops_too_much(trained, tmp_path):
+    result = convert("export", str(trained), "--out", str(tmp_path / "b"), "--calibration",
+                     "10", "--max-drop", "-1")
+    assert result.returncode == 3
+    assert "dropped" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_keras_and_bundle_on_scenes_and_folders(trained, tiny_data, dev_set, tmp_path):
+    out = tmp_path / "eval.json"
+    result = convert("evaluate", str(trained), str(tiny_data), "--json", str(out), "--plots",
+                     str(tmp_path / "plots"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())["datasets"][0]
+    assert data["all"]["n"] == 36 and "balanced_accuracy" in data["all"]
+    assert (tmp_path / "plots" / "confusion_tiny.png").is_file()
+    result = convert("evaluate", str(ROOT / "agent" / "default_model"), str(dev_set),
+                     "--min-face", "32", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    scenes = json.loads(out.read_text())["datasets"][0]
+    assert set(scenes["by_face_size"]) <= {"<32", "32-64", ">=64"}
+    assert scenes["all"]["mask_vs_no_mask"]["per_class"]["without_mask"]["support"] > 50
+
+
+@pytest.mark.parametrize("case", ["wrong_alpha", "corrupt_weights", "one_class", "unwritable"])
+def test_bad_input_is_one_line(case, tiny_data, shared, tmp_path):
+    args = ["train", str(tiny_data), "--out", str(tmp_path / "run"), "--size", "96",
+            "--detector-model", "none", "--weights", str(shared / WEIGHTS_035)]
+    if case == "wrong_alpha":
+        args[-1] = str(shared / WEIGHTS_100)  # 1.0 weights for the default alpha 0.35
+    elif case == "corrupt_weights":
+        bad = tmp_path / "bad.h5"
+        bad.write_bytes(b"not hdf5" * 100)
+        args[-1] = str(bad)
+    elif case == "one_class":
+        only = tmp_path / "one" / "with_mask"
+        shutil.copytree(tiny_data / "with_mask", only)
+        args[1] = str(tmp_path / "one")
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        args[3] = str(blocker / "run")
+    result = convert(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mask-convert")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
