@@ -80,13 +80,16 @@ def add_evaluate(sub) -> None:
     p.add_argument("--min-face", type=int, default=0, help="VOC: skip faces smaller than this")
     p.add_argument("--threshold", type=float, help="override the no-mask threshold")
     p.add_argument("--argmax", action="store_true", help="ignore the no-mask threshold")
+    p.add_argument("--detector-model", help="VOC: crop around YuNet's matching box (what the "
+                   "device sees) instead of the annotated box")
 
 
 def run_evaluate(args) -> int:
     from .evaluate import evaluate
 
     evaluate(args.model, args.data, json_path=args.json, plots=args.plots, scale=args.margin,
-             min_face=args.min_face, threshold=args.threshold, use_argmax=args.argmax)
+             min_face=args.min_face, threshold=args.threshold, use_argmax=args.argmax,
+             detector_model=args.detector_model)
     return 0
 
 

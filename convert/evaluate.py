@@ -70,21 +70,37 @@ def load_scorer(model: str):
     return KerasScorer(path)
 
 
-def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str]):
+def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], detector=None):
+    """Crops of annotated faces: around the annotated box, or (with a detector) around the
+    detector's matching box (IoU >= 0.3), which is what the device classifies."""
+    from agent.track import iou
+
     crops, y, sizes, skipped = [], [], [], []
-    current: tuple[Path, np.ndarray | None] | None = None
+    missed = 0
+    current: tuple[Path, np.ndarray | None, list] | None = None
     for face in read_voc(root):
         if face.label not in labels or face.size < min_face:
             continue
         if current is None or current[0] != face.image:
-            current = (face.image, read_image(face.image))
-        if current[1] is None:
+            image = read_image(face.image)
+            boxes = [f.box for f in detector.detect(image)] if (
+                detector is not None and image is not None) else []
+            current = (face.image, image, boxes)
+        image, boxes = current[1], current[2]
+        if image is None:
             skipped.append(str(face.image))
             continue
-        crops.append(face_input(current[1], face.box, spec))
+        box = face.box
+        if detector is not None:
+            best = max(boxes, key=lambda b: iou(b, face.box), default=None)
+            if best is None or iou(best, face.box) < 0.3:
+                missed += 1
+                continue
+            box = best
+        crops.append(face_input(image, box, spec))
         y.append(labels.index(face.label))
         sizes.append(face.size)
-    return crops, y, sizes, sorted(set(skipped))
+    return crops, y, sizes, sorted(set(skipped)), missed
 
 
 def folder_crops(root: Path, spec: CropSpec, labels: list[str]):
@@ -102,10 +118,13 @@ def folder_crops(root: Path, spec: CropSpec, labels: list[str]):
     return crops, y, sizes, skipped
 
 
-def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plots: Path | None):
+def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plots: Path | None,
+                 detector=None):
     spec = CropSpec(size=scorer.crop.size, scale=scale)
+    missed = None
     if is_voc(root):
-        crops, y, sizes, skipped = voc_crops(root, spec, min_face, scorer.labels)
+        crops, y, sizes, skipped, missed = voc_crops(root, spec, min_face, scorer.labels,
+                                                     detector)
     else:
         crops, y, sizes, skipped = folder_crops(root, spec, scorer.labels)
     if not crops:
@@ -114,7 +133,11 @@ def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plo
     pred = decide_all(scores, scorer.labels, threshold)
     y, sizes = np.asarray(y), np.asarray(sizes)
     result = {"data": str(root), "skipped_unreadable": skipped,
+              "boxes": "detector" if detector is not None else "annotation",
+              "faces_missed_by_detector": missed,
               "all": full_report(y, pred, scorer.labels), "by_face_size": {}}
+    if detector is not None:
+        print(f"{root}: {missed} annotated faces not found by the detector (not classified)")
     print(format_report(f"{root} (all faces)", result["all"]))
     for name, lo, hi in SIZE_BUCKETS:
         keep = (sizes >= lo) & (sizes < hi)
@@ -130,8 +153,19 @@ def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plo
 
 def evaluate(model: str, data: list[str], json_path: Path | None = None,
              plots: Path | None = None, scale: float = 1.2, min_face: int = 0,
-             threshold: float | None = None, use_argmax: bool = False) -> dict:
+             threshold: float | None = None, use_argmax: bool = False,
+             detector_model: str | None = None) -> dict:
     scorer = load_scorer(model)
+    detector = None
+    if detector_model:
+        from agent.detect import create_detector
+        from agent.errors import ModelError
+
+        try:
+            detector = create_detector("yunet", detector_model, max_side=320, min_face=8,
+                                       score_threshold=0.6)
+        except ModelError as exc:
+            raise ConvertError(str(exc)) from None
     if use_argmax:
         threshold = None
     elif threshold is None:
@@ -142,7 +176,8 @@ def evaluate(model: str, data: list[str], json_path: Path | None = None,
         path = Path(root)
         if not path.is_dir():
             raise ConvertError(f"data folder not found: {root}")
-        results["datasets"].append(evaluate_set(scorer, path, scale, min_face, threshold, plots))
+        results["datasets"].append(evaluate_set(scorer, path, scale, min_face, threshold, plots,
+                                                detector))
     if json_path is not None:
         try:
             json_path.parent.mkdir(parents=True, exist_ok=True)
