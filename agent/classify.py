@@ -8,7 +8,6 @@ truncated or swapped model is a clear error instead of silent nonsense.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from .decision import decide
 from .errors import ModelError
+from .models import sha256_file
 from .preprocess import Box, CropSpec, face_input
 from .tflite import load_interpreter
 
@@ -46,14 +46,6 @@ class BundleInfo:
     def summary(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "labels": self.labels,
                 "version": self.meta.get("version")}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_bundle(location: str | Path | None) -> BundleInfo:

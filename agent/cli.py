@@ -72,19 +72,24 @@ def _classifier_from(cfg: dict):
     return Classifier(c["model"], threads=c["threads"], no_mask_threshold=c["no_mask_threshold"])
 
 
+def readable_images(paths: list[str], failures: list[int]):
+    """(path, BGR image) for each readable path; a bad one is a line on stderr and its
+    exit code is collected in `failures`, and the others are still processed."""
+    for path in paths:
+        try:
+            yield path, read_image_file(path)
+        except MaskwatchError as exc:
+            print(f"mask-agent: error: {exc}", file=sys.stderr)
+            failures.append(exc.exit_code)
+
+
 def cmd_detect(args) -> int:
     import cv2
 
     cfg = load_config(args)
     detector, classifier = _detector_from(cfg, args.detector), _classifier_from(cfg)
-    worst = 0
-    for path in args.paths:
-        try:
-            image = read_image_file(path)
-        except MaskwatchError as exc:
-            print(f"mask-agent: error: {exc}", file=sys.stderr)
-            worst = max(worst, exc.exit_code)
-            continue
+    failures: list[int] = []
+    for path, image in readable_images(args.paths, failures):
         result = {"image": path, **detect_result(image, detector, classifier)}
         if args.json:
             print(json.dumps(result), flush=True)
@@ -95,26 +100,20 @@ def cmd_detect(args) -> int:
             out = Path(args.annotate)
             out.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(out / (Path(path).stem + ".jpg")), annotate(image, result))
-    return worst
+    return max(failures, default=0)
 
 
 def cmd_classify(args) -> int:
+    import cv2
     import numpy as np
 
     from .preprocess import resize_square
 
     cfg = load_config(args)
     classifier = _classifier_from(cfg)
-    worst = 0
-    for path in args.crops:
-        try:
-            image = read_image_file(path)
-        except MaskwatchError as exc:
-            print(f"mask-agent: error: {exc}", file=sys.stderr)
-            worst = max(worst, exc.exit_code)
-            continue
-        import cv2
-
+    failures: list[int] = []
+    for path, image in readable_images(args.crops, failures):
+        # a crop is classified whole: padded to a square by repeating its edges
         side = max(image.shape[:2])
         pad_y, pad_x = side - image.shape[0], side - image.shape[1]
         square = cv2.copyMakeBorder(image, pad_y // 2, pad_y - pad_y // 2, pad_x // 2,
@@ -126,7 +125,7 @@ def cmd_classify(args) -> int:
                               "scores": p.scores}), flush=True)
         else:
             print(f"{path}: {p.label} ({p.confidence:.2f})")
-    return worst
+    return max(failures, default=0)
 
 
 def cmd_models_fetch(args) -> int:

@@ -83,7 +83,8 @@ def default_detector_model_path(detector: str = "yunet") -> Path | None:
     return path if path.is_file() else None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -92,7 +93,7 @@ def _sha256(path: Path) -> str:
 
 
 def _install_verified(tmp: Path, model: ModelFile, dest_dir: Path, origin: str) -> Path:
-    actual = _sha256(tmp)
+    actual = sha256_file(tmp)
     if actual != model.sha256:
         tmp.unlink(missing_ok=True)
         raise FetchError(f"{model.name} from {origin} has sha256 {actual[:16]}…, expected "
@@ -136,7 +137,7 @@ def fetch(dest_dir: Path, source_dir: Path | None = None, base_url: str | None =
     for name in wanted:
         model = DETECTOR_FILES[name]
         target = dest_dir / model.name
-        if target.is_file() and _sha256(target) == model.sha256:
+        if target.is_file() and sha256_file(target) == model.sha256:
             done.append(target)
             continue
         fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".fetch-")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.classify import BUNDLE_FORMAT, Classifier, sha256_file
+from agent.classify import BUNDLE_FORMAT, Classifier
 from agent.decision import decide_all
+from agent.models import sha256_file
 from agent.preprocess import CropSpec, face_input
 
 from .augment import augmented_input

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,10 +28,8 @@ def notify_socket(tmp_path):
 def read_all(sock, seconds: float) -> list[str]:
     out, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(socket.timeout):
             out.append(sock.recv(4096).decode())
-        except socket.timeout:
-            pass
     return out
 
 
