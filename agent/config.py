@@ -68,7 +68,7 @@ SCHEMA: dict[str, Any] = {
         "max_side": S(320, "int", "frames are scaled to this long side for detection",
                       low=64, high=4096),
         "min_face": S(20, "int", "ignore faces smaller than this (pixels)", low=4, high=4096),
-        "score_threshold": S(0.6, "float", "minimum detector confidence", low=0.0, high=1.0),
+        "score_threshold": S(0.5, "float", "minimum detector confidence", low=0.0, high=1.0),
         "roi": S(None, "roi", "region of interest [x, y, w, h] as fractions of the frame",
                  nullable=True),
     },
