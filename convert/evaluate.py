@@ -162,8 +162,9 @@ def evaluate(model: str, data: list[str], json_path: Path | None = None,
         from agent.errors import ModelError
 
         try:
+            # the agent's default detector settings (config.yaml: detect.*)
             detector = create_detector("yunet", detector_model, max_side=320, min_face=8,
-                                       score_threshold=0.6)
+                                       score_threshold=0.5)
         except ModelError as exc:
             raise ConvertError(str(exc)) from None
     if use_argmax:

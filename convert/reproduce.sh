@@ -40,4 +40,5 @@ for row in "${CANDIDATES[@]}"; do
       --json "runs/$name/dev_detector_boxes.json"
 done
 $PY -m agent bench-classify runs/*/bundle --out bench/classifier.json
+$PY -m convert.summary runs/*/ | tee bench/model_table.md
 echo "ship it with: cp runs/default/bundle/{classifier.tflite,model.json} agent/default_model/"

@@ -45,3 +45,26 @@ def test_street_video_delivers_schema_valid_events(broker, state_dir, street_vid
     labels = {e["label"] for e in news}
     assert {"with_mask", "without_mask"} <= labels
     assert all(e["frame_size"] == [538, 372] for e in events)
+
+
+def test_watch_prints_events_and_skips_garbage(broker, state_dir, street_video, tmp_path):
+    import paho.mqtt.publish as mqtt_publish
+
+    watcher = subprocess.Popen(agent_command(
+        "watch", "--count", "3", "--json", "--timeout", "90", "--set", f"mqtt.port={broker.port}",
+        "--set", "mqtt.host=127.0.0.1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    import time
+
+    time.sleep(1.0)
+    mqtt_publish.single("maskwatch/door2/events", "{not json", hostname="127.0.0.1",
+                        port=broker.port)
+    result = run_agent(tmp_path, broker.port, street_video, "--set",
+                       f"detect.model={state_dir}/models/face_detection_yunet_2023mar.onnx",
+                       device="door2")
+    assert result.returncode == 0, result.stderr
+    out, err = watcher.communicate(timeout=90)
+    assert watcher.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 3 and all(e["device_id"] == "door2" for e in events)
+    assert "skipping message" in err
