@@ -15,9 +15,11 @@ import numpy as np
 
 from agent.preprocess import Box, CropSpec, face_input
 
+SMALL_FACE_P = 0.35  # share of augmented crops that simulate a small, far face
 
-def jitter_geometry(image: np.ndarray, box: Box,
-                    rng: np.random.Generator) -> tuple[np.ndarray, Box]:
+
+def jitter_geometry(image: np.ndarray, box: Box, rng: np.random.Generator,
+                    small_face_p: float = SMALL_FACE_P) -> tuple[np.ndarray, Box]:
     """Rotate the photo about the face, shift/zoom the box, sometimes shrink the face."""
     x, y, w, h = box
     cx, cy, side = x + w / 2, y + h / 2, max(w, h)
@@ -29,7 +31,7 @@ def jitter_geometry(image: np.ndarray, box: Box,
     cx += rng.uniform(-0.07, 0.07) * side
     cy += rng.uniform(-0.07, 0.07) * side
     w, h = w * zoom, h * zoom
-    if rng.random() < 0.35:  # a small, far face: the median dev-set face is ~22 px
+    if rng.random() < small_face_p:  # a small, far face, as doorway cameras often see
         target = rng.uniform(14, 48)
         factor = min(1.0, target / max(w, h))
         if factor < 1.0:
@@ -87,7 +89,7 @@ def jitter_light(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augmented_input(image_bgr: np.ndarray, box: Box, spec: CropSpec,
-                    rng: np.random.Generator) -> np.ndarray:
+                    rng: np.random.Generator, small_face_p: float = SMALL_FACE_P) -> np.ndarray:
     """One augmented classifier input for a face, through the device's own crop."""
-    image, moved = jitter_geometry(image_bgr, box, rng)
+    image, moved = jitter_geometry(image_bgr, box, rng, small_face_p)
     return jitter_light(face_input(image, moved, spec), rng)

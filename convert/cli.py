@@ -37,6 +37,8 @@ def add_train(sub) -> None:
     p.add_argument("--no-mask-recall", type=float, default=0.98,
                    help="no-mask recall the operating threshold keeps on validation")
     p.add_argument("--limit", type=int, default=0, help="at most this many photos per class")
+    p.add_argument("--small-face-p", type=float, default=0.35,
+                   help="share of augmented crops shrunk to a small (14-48 px) face")
 
 
 def run_train(args) -> int:
@@ -62,7 +64,8 @@ def run_train(args) -> int:
                         classes=args.classes.split(",") if args.classes else None,
                         val_fraction=args.val_fraction, seed=args.seed,
                         detector_model=detector_model, cache_dir=args.cache,
-                        no_mask_recall=args.no_mask_recall, limit=args.limit)
+                        no_mask_recall=args.no_mask_recall, limit=args.limit,
+                        small_face_p=args.small_face_p)
     report = train(opts)
     print(f"run folder: {args.out} (validation balanced accuracy "
           f"{report['validation']['balanced_accuracy']:.4f})")

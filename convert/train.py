@@ -53,6 +53,7 @@ class TrainOptions:
     cache_dir: Path | None = None
     no_mask_recall: float = 0.98  # target for the operating threshold on validation
     limit: int = 0  # use at most this many photos per class (tests, quick trials)
+    small_face_p: float = 0.35  # share of augmented crops shrunk to a small, far face
 
 
 def check_output_dir(out: Path) -> None:
@@ -124,7 +125,8 @@ class FaceCropper:
 
 
 def crops_for(samples: list[Sample], cropper: FaceCropper, copies: int, seed: int,
-              progress: str) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+              progress: str, small_face_p: float = 0.35,
+              ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """(clean crops, augmented crops per copy, kept indices); unreadable files skipped."""
     from tqdm import tqdm
 
@@ -140,7 +142,8 @@ def crops_for(samples: list[Sample], cropper: FaceCropper, copies: int, seed: in
         image, box = loaded
         kept.append(i)
         clean.append(face_input(image, box, cropper.spec))
-        augmented.extend(augmented_input(image, box, cropper.spec, rng) for _ in range(copies))
+        augmented.extend(augmented_input(image, box, cropper.spec, rng, small_face_p)
+                         for _ in range(copies))
     return clean, augmented, kept
 
 
@@ -203,7 +206,8 @@ def plot_curves(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def augmented_batches(samples, y, cropper: FaceCropper, batch_size: int, seed: int):
+def augmented_batches(samples, y, cropper: FaceCropper, batch_size: int, seed: int,
+                      small_face_p: float):
     """A keras PyDataset of freshly augmented crops, for the fine-tuning stage."""
     import keras
 
@@ -220,7 +224,7 @@ def augmented_batches(samples, y, cropper: FaceCropper, batch_size: int, seed: i
             xs, ys = [], []
             for i in self.order[index * batch_size:(index + 1) * batch_size]:
                 image, box = cropper.load(samples[i])
-                xs.append(augmented_input(image, box, cropper.spec, self.rng))
+                xs.append(augmented_input(image, box, cropper.spec, self.rng, small_face_p))
                 ys.append(y[i])
             return np.stack(xs).astype(np.float32), np.asarray(ys)
 
@@ -243,7 +247,7 @@ def train(opts: TrainOptions) -> dict:
     cropper = FaceCropper(spec, opts.detector_model, opts.cache_dir)
 
     train_clean, train_aug, train_kept = crops_for(train_set, cropper, opts.copies, opts.seed,
-                                                   "train crops")
+                                                   "train crops", opts.small_face_p)
     val_clean, _, val_kept = crops_for(val_set, cropper, 0, opts.seed, "val crops")
     cropper.cache.save()
     if not train_kept or not val_kept:
@@ -323,7 +327,8 @@ def fine_tune(model, backbone, opts: TrainOptions, train_set, train_kept, y_trai
     model.compile(optimizer=keras.optimizers.Adam(opts.fine_tune_lr),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     kept = [train_set[i] for i in train_kept]
-    batches = augmented_batches(kept, y_train, cropper, opts.batch_size, opts.seed)
+    batches = augmented_batches(kept, y_train, cropper, opts.batch_size, opts.seed,
+                                opts.small_face_p)
     fit = model.fit(batches, validation_data=(np.stack(val_clean).astype(np.float32), y_val),
                     epochs=opts.fine_tune_epochs,
                     class_weight=class_weights(y_train, int(model.output_shape[-1])),
