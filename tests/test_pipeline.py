@@ -1,0 +1,103 @@
+"""Pipeline behaviour: detection rate cap, region of interest, undecided-only classification,
+and the Pi camera source (the one piece of hardware that cannot exist here: faked)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+
+from agent.camera import FileSource, PiCameraSource, open_source
+from agent.classify import Classifier
+from agent.detect import Face
+from agent.pipeline import Pipeline, roi_pixels
+from agent.track import Tracker, VoteRules
+
+
+class ScriptedDetector:
+    """Returns one fixed face and records what it was shown."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, int]] = []
+
+    def detect(self, frame):
+        self.shapes.append(frame.shape[:2])
+        return [Face((10, 10, 40, 40), 0.9)]
+
+
+def test_detection_rate_cap_and_roi(street_video):
+    detector = ScriptedDetector()
+    pipeline = Pipeline(detector, Classifier(), Tracker(rules=VoteRules(min_votes=2)),
+                        detect_fps=5.0, roi=[0.5, 0.0, 0.5, 1.0])
+    source = FileSource(str(street_video))
+    for _ in range(49):  # two seconds of 24.5 fps video
+        pipeline.process(source.read())
+    assert pipeline.stats.detections == 10  # 5 per second of video time
+    assert set(detector.shapes) == {(372, 269)}  # only the right half was searched
+    assert pipeline.latest[0].box[0] == 10 + 269  # boxes come back in frame pixels
+    # one person: classified until decided, then only now and then
+    assert pipeline.stats.classified < pipeline.stats.detections
+
+
+def test_roi_pixels():
+    assert roi_pixels(None, 640, 480) is None
+    assert roi_pixels([0.25, 0.5, 0.5, 0.5], 640, 480) == (160, 240, 320, 240)
+
+
+def test_picamera2_source(monkeypatch):
+    frames = []
+
+    class FakePicamera2:
+        def create_video_configuration(self, main):
+            self.size = main["size"]
+            return main
+
+        def configure(self, config):
+            pass
+
+        def start(self):
+            pass
+
+        def capture_array(self, stream):
+            frame = np.zeros((self.size[1], self.size[0], 3), np.uint8)
+            frames.append(frame)
+            return frame
+
+        def stop(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    source = open_source("picamera2", width=320, height=240)
+    assert isinstance(source, PiCameraSource) and source.live
+    frame = source.read()
+    assert frame.image.shape == (240, 320, 3) and frame.index == 0
+    source.close()
+
+
+def test_picamera2_missing_is_a_clear_error(monkeypatch):
+    import pytest
+
+    from agent.errors import SourceError
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SourceError, match="python3-picamera2"):
+        open_source("picamera2")
+
+
+def test_unopenable_sources(tmp_path):
+    import pytest
+
+    from agent.errors import SourceError
+
+    not_video = tmp_path / "x.mp4"
+    not_video.write_text("not a video")
+    with pytest.raises(SourceError, match="cannot open video file"):
+        open_source(str(not_video))
+    with pytest.raises(SourceError, match="cannot open camera"):
+        open_source("/dev/video99")
