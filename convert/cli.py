@@ -36,6 +36,8 @@ def add_train(sub) -> None:
     p.add_argument("--cache", type=Path, help="folder caching face boxes between runs")
     p.add_argument("--no-mask-recall", type=float, default=0.98,
                    help="no-mask recall the operating threshold keeps on validation")
+    p.add_argument("--threshold-on", choices=("hard", "clean"), default="hard",
+                   help="choose the threshold on augmented ('hard') or clean validation crops")
     p.add_argument("--limit", type=int, default=0, help="at most this many photos per class")
     p.add_argument("--small-face-p", type=float, default=0.35,
                    help="share of augmented crops shrunk to a small (14-48 px) face")
@@ -65,7 +67,7 @@ def run_train(args) -> int:
                         val_fraction=args.val_fraction, seed=args.seed,
                         detector_model=detector_model, cache_dir=args.cache,
                         no_mask_recall=args.no_mask_recall, limit=args.limit,
-                        small_face_p=args.small_face_p)
+                        small_face_p=args.small_face_p, threshold_on=args.threshold_on)
     report = train(opts)
     print(f"run folder: {args.out} (validation balanced accuracy "
           f"{report['validation']['balanced_accuracy']:.4f})")

@@ -2,7 +2,8 @@
 # Reproduce the default model and every number in agent/default_model/MODEL_CARD.md.
 # Needs the [convert] extra and ../shared (or SHARED=...). About 1 hour on 2 CPU cores.
 #   bash convert/reproduce.sh            # all candidates, then export + evaluate + bench
-#   ONLY=default bash convert/reproduce.sh   # just the shipped configuration
+#   ONLY=a0.35_s128_ft_2c_small85 bash convert/reproduce.sh   # one configuration
+#   SHIP=1 ...   also copies the DEFAULT run's bundle into agent/default_model/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -14,15 +15,21 @@ TRAIN=("$SHARED"/data/train/*)
 TWO=(--classes with_mask,without_mask)
 COMMON=(--detector-model "$YUNET" --cache .cache/train --copies 2 --seed 1)
 
-# name | alpha | size | extra options
+# name | alpha | size | extra options   (all: augmented copies 2, seed 1, YuNet crops)
+OLD=(--threshold-on clean)   # runs made before the threshold moved to hard validation
 CANDIDATES=(
-  "a0.35_s128|0.35|128|"
-  "a0.35_s160|0.35|160|"
-  "a1.0_s224|1.0|224|"
-  "a0.35_s128_ft|0.35|128|--fine-tune 100 --fine-tune-epochs 5"
-  "a0.35_s128_ft_2c|0.35|128|--fine-tune 100 --fine-tune-epochs 5 ${TWO[*]}"
-  "default|0.35|128|--fine-tune 100 --fine-tune-epochs 10 --fine-tune-lr 5e-5 --no-mask-recall 0.99 ${TWO[*]}"
+  "a0.35_s128|0.35|128|${OLD[*]}"
+  "a0.35_s160|0.35|160|${OLD[*]}"
+  "a1.0_s224|1.0|224|${OLD[*]}"
+  "a0.35_s128_ft|0.35|128|--fine-tune 100 --fine-tune-epochs 5 ${OLD[*]}"
+  "a0.35_s128_ft_2c|0.35|128|--fine-tune 100 --fine-tune-epochs 5 ${TWO[*]} ${OLD[*]}"
+  "a0.35_s128_ft10_2c|0.35|128|--fine-tune 100 --fine-tune-epochs 10 --fine-tune-lr 5e-5 --no-mask-recall 0.99 ${TWO[*]} ${OLD[*]}"
+  "a0.35_s128_ft_2c_small|0.35|128|--fine-tune 100 --fine-tune-epochs 5 --small-face-p 0.6 ${TWO[*]} ${OLD[*]}"
+  "a0.35_s128_ft_2c_small85|0.35|128|--fine-tune 100 --fine-tune-epochs 5 --small-face-p 0.85 ${TWO[*]} ${OLD[*]}"
+  "a0.35_s128_ft_3c_small85|0.35|128|--fine-tune 100 --fine-tune-epochs 5 --small-face-p 0.85 ${OLD[*]}"
+  "a0.35_s128_ft_2c_small85_hard|0.35|128|--fine-tune 100 --fine-tune-epochs 5 --small-face-p 0.85 ${TWO[*]}"
 )
+DEFAULT=${DEFAULT:-a0.35_s128_ft_2c_small85}
 
 mkdir -p runs bench
 for row in "${CANDIDATES[@]}"; do
@@ -41,4 +48,9 @@ for row in "${CANDIDATES[@]}"; do
 done
 $PY -m agent bench-classify runs/*/bundle --out bench/classifier.json
 $PY -m convert.summary runs/*/ | tee bench/model_table.md
-echo "ship it with: cp runs/default/bundle/{classifier.tflite,model.json} agent/default_model/"
+if [ "${SHIP:-0}" = 1 ]; then
+  cp "runs/$DEFAULT/bundle/classifier.tflite" "runs/$DEFAULT/bundle/model.json" agent/default_model/
+  echo "shipped runs/$DEFAULT as agent/default_model"
+else
+  echo "ship it with: SHIP=1 ONLY=$DEFAULT bash convert/reproduce.sh"
+fi
