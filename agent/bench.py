@@ -234,9 +234,9 @@ def bench_classifier(cfg: dict, bundles: list[str | None], out: str, runs: int =
             "ms_p90": round(1000 * float(np.percentile(times, 90)), 3),
         })
     print(f"int8 classifier latency per face (1 thread, batch 1, median of {runs})")
-    print(f"{'name':<28} {'alpha':>5} {'size':>5} {'KiB':>6} {'median ms':>10} {'p90 ms':>7}")
+    print(f"{'name':<40} {'alpha':>5} {'size':>5} {'KiB':>6} {'median ms':>10} {'p90 ms':>7}")
     for r in results:
-        print(f"{r['name']:<28} {r['alpha']!s:>5} {r['size']:>5} {r['bytes'] // 1024:>6} "
+        print(f"{r['name']:<40} {r['alpha']!s:>5} {r['size']:>5} {r['bytes'] // 1024:>6} "
               f"{r['ms_median']:>10.3f} {r['ms_p90']:>7.3f}")
     write_json(out, {"machine": machine(), "results": results})
     return 0

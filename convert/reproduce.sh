@@ -29,7 +29,7 @@ CANDIDATES=(
   "a0.35_s128_ft_3c_small85|0.35|128|--fine-tune 100 --fine-tune-epochs 5 --small-face-p 0.85 ${OLD[*]}"
   "a0.35_s128_ft_2c_small85_hard|0.35|128|--fine-tune 100 --fine-tune-epochs 5 --small-face-p 0.85 ${TWO[*]}"
 )
-DEFAULT=${DEFAULT:-a0.35_s128_ft_2c_small85}
+DEFAULT=${DEFAULT:-a0.35_s128_ft_2c_small85_hard}
 
 mkdir -p runs bench
 for row in "${CANDIDATES[@]}"; do
