@@ -12,6 +12,7 @@ import urllib.request
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from agent.classify import read_bundle
 from agent.config import load
 from agent.discovery import discovery_messages, is_birth
 
@@ -102,16 +103,17 @@ def running_agent(broker, state_dir, street_video, tmp_path):
 def test_discovery_announced_and_reannounced(running_agent):
     _, collector, broker = running_agent
     prefix = "homeassistant/"
+    entities = 2 + len(read_bundle(None).labels)  # binary sensor, event, a counter per label
     assert collector.wait_for(lambda: len([t for t, _, _ in collector.messages
                                            if t.startswith(prefix) and
-                                           t.endswith("/config")]) >= 5, 20)
+                                           t.endswith("/config")]) >= entities, 20)
     configs = [(t, p) for t, p, _ in collector.messages if t.startswith(prefix)]
     for topic, payload in configs:
         check_discovery_payload(topic, json.loads(payload))
     before = len(configs)
     mqtt_publish.single("homeassistant/status", "online", hostname="127.0.0.1", port=broker.port)
     assert collector.wait_for(lambda: len([t for t, _, _ in collector.messages
-                                           if t.startswith(prefix)]) >= before + 5, 20)
+                                           if t.startswith(prefix)]) >= before + entities, 20)
     # a malformed birth message is ignored, the agent keeps running
     mqtt_publish.single("homeassistant/status", "x" * 5000, hostname="127.0.0.1",
                         port=broker.port)
