@@ -21,7 +21,7 @@ import numpy as np
 from agent.classify import BUNDLE_FORMAT, Classifier
 from agent.decision import decide_all
 from agent.models import sha256_file
-from agent.preprocess import CropSpec, face_input
+from agent.preprocess import CropSpec, face_input, whole_image_box
 
 from .augment import augmented_input
 from .dataset import scan
@@ -55,12 +55,8 @@ def representative_crops(config: dict, spec: CropSpec, count: int, seed: int) ->
         image = read_image(sample.path)
         if image is None:
             continue
-        box = cache.boxes.get(sample.sha256)
-        if box is None:
-            h, w = image.shape[:2]
-            side = max(h, w) / spec.scale
-            box = (int(w / 2 - side / 2), int(h / 2 - side / 2), int(side), int(side))
-        box = tuple(box)
+        found = cache.boxes.get(sample.sha256)
+        box = tuple(found) if found is not None else whole_image_box(image, spec)
         crops.append(face_input(image, box, spec) if len(crops) % 2 == 0
                      else augmented_input(image, box, spec, rng))
         if len(crops) >= count:

@@ -43,6 +43,17 @@ def first_seen_order(values: list[int]) -> list[int]:
     return out
 
 
+def finish_and_collect(proc, collector, n: int) -> str:
+    """Wait for the emitter to exit and the subscriber to hold all n events; its stdout."""
+    try:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert collector.wait_for(lambda: len(set(numbers(collector))) >= n, 30)
+    finally:
+        collector.close()
+    return out
+
+
 def emitter(tmp_path, port, *args):
     return subprocess.Popen([sys.executable, "-m", "tests.emit_events", "--outbox",
                              str(tmp_path / "outbox.sqlite3"), "--port", str(port), *args],
@@ -57,12 +68,7 @@ def test_broker_down_while_events_are_produced(make_broker, tmp_path):
     proc = emitter(tmp_path, broker.port, "--count", str(n))
     time.sleep(3)  # outage while all events are produced
     broker.start()
-    try:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert collector.wait_for(lambda: len(set(numbers(collector))) >= n, 30)
-    finally:
-        collector.close()
+    out = finish_and_collect(proc, collector, n)
     got = numbers(collector)
     assert first_seen_order(got) == list(range(1, n + 1))  # all, in order, none missing
     assert out.strip().endswith("left 0")
@@ -79,12 +85,7 @@ def test_broker_restarted_mid_burst(make_broker, tmp_path):
     broker.stop()
     time.sleep(1.0)
     broker.start()
-    try:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert collector.wait_for(lambda: len(set(numbers(collector))) >= n, 30)
-    finally:
-        collector.close()
+    finish_and_collect(proc, collector, n)
     got = [json.loads(p) for p in collector.on("/events")]
     ids_by_n: dict[int, set[str]] = {}
     for event in got:
