@@ -131,31 +131,16 @@ def bench_pipeline(cfg: dict, video: str, detectors: list[str], out: str,
 
 
 # --- detectors ----------------------------------------------------------------------------
-def _voc_faces(voc: Path, limit: int):
-    import xml.etree.ElementTree as ET
-
-    items = []
-    for xml_path in sorted((voc / "annotations").glob("*.xml"))[: limit or None]:
-        root = ET.parse(xml_path).getroot()
-        image = voc / "images" / (root.findtext("filename") or "")
-        faces = []
-        for obj in root.iter("object"):
-            b = obj.find("bndbox")
-            x0, y0, x1, y1 = (int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
-            faces.append((obj.findtext("name"), (x0, y0, x1 - x0, y1 - y0)))
-        items.append((image, faces))
-    return items
-
-
 def bench_detectors(cfg: dict, voc: Path, detectors: list[str], out: str, min_face: int = 40,
                     limit: int = 0, long_side: int = 640) -> int:
     """Recall (IoU >= 0.3) on faces >= min_face px at a 640 px frame, and ms per frame."""
     from .detect import create_detector
     from .models import detector_model_path
-    from .track import iou
+    from .track import best_match
+    from .voc import read_voc_images
 
     cv2.setNumThreads(1)
-    items = _voc_faces(voc, limit)
+    items = read_voc_images(voc, limit)
     results = []
     for name in detectors:
         d = cfg["detect"]
@@ -173,18 +158,15 @@ def bench_detectors(cfg: dict, voc: Path, detectors: list[str], out: str, min_fa
             t0 = time.perf_counter()
             boxes = [f.box for f in detector.detect(image)]
             times.append(time.perf_counter() - t0)
-            matched = set()
-            scaled = [(label, tuple(int(round(v * scale)) for v in box)) for label, box in faces]
+            scaled = [(f.label, tuple(int(round(v * scale)) for v in f.box)) for f in faces]
             for label, box in scaled:
                 if label not in found or max(box[2], box[3]) < min_face:
                     continue
                 found[label][1] += 1
-                best = max(range(len(boxes)), key=lambda i: iou(box, boxes[i]), default=None)
-                if best is not None and iou(box, boxes[best]) >= 0.3:
+                if best_match(box, boxes) is not None:
                     found[label][0] += 1
-                    matched.add(best)
-            false_pos += sum(1 for b in boxes if max((iou(b, g) for _, g in scaled),
-                                                     default=0.0) < 0.3)
+            annotated = [g for _, g in scaled]
+            false_pos += sum(1 for b in boxes if best_match(b, annotated) is None)
         results.append({
             "detector": name,
             "masked_recall": round(found["with_mask"][0] / max(1, found["with_mask"][1]), 4),

@@ -39,13 +39,21 @@ def detect_result(image, detector, classifier) -> dict:
     }
 
 
-def annotate(image, result: dict):
-    """Draw labelled face boxes (in place) and return the image."""
-    colours = {"with_mask": (0, 180, 0), "without_mask": (0, 0, 255)}
-    for face in result["faces"]:
-        x, y, w, h = face["box"]
-        colour = colours.get(face["label"], (0, 165, 255))
+COLOURS = {"with_mask": (0, 180, 0), "without_mask": (0, 0, 255)}  # BGR
+OTHER_COLOUR = (0, 165, 255)
+
+
+def draw_faces(image, faces):
+    """Draw (box, label, caption) triples in place, coloured by label; returns the image."""
+    for (x, y, w, h), label, caption in faces:
+        colour = COLOURS.get(label, OTHER_COLOUR)
         cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
-        cv2.putText(image, f"{face['label']} {face['confidence']:.2f}", (x, max(10, y - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+        cv2.putText(image, caption, (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    colour, 1, cv2.LINE_AA)
     return image
+
+
+def annotate(image, result: dict):
+    """Draw the faces of a `detect_result` (in place) and return the image."""
+    return draw_faces(image, [(f["box"], f["label"], f"{f['label']} {f['confidence']:.2f}")
+                              for f in result["faces"]])

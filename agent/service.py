@@ -29,6 +29,7 @@ from .events import EventContext, build_event, encode
 from .models import detector_model_path
 from .outbox import MemoryOutbox, Outbox
 from .pipeline import Pipeline
+from .predict import draw_faces
 from .publish import Publisher, topic_base
 from .systemd import Notifier
 from .track import Tracker, Transition, VoteRules
@@ -177,13 +178,9 @@ class Agent:
         frame = self.latest_frame
         if frame is None:
             return None
-        image = frame.image.copy()
-        for face in self.pipeline.latest:
-            x, y, w, h = face.box
-            colour = (0, 0, 255) if face.label == "without_mask" else (0, 180, 0)
-            cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
-            cv2.putText(image, f"#{face.track_id} {face.label or '?'}", (x, max(10, y - 4)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+        image = draw_faces(frame.image.copy(), [
+            (face.box, face.label, f"#{face.track_id} {face.label or '?'}")
+            for face in self.pipeline.latest])
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return buf.tobytes() if ok else None
 

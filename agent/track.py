@@ -28,6 +28,12 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def best_match(box: Box, candidates: list[Box], min_iou: float = 0.3) -> int | None:
+    """Index of the candidate overlapping `box` most, if that overlap reaches min_iou."""
+    best = max(range(len(candidates)), key=lambda i: iou(box, candidates[i]), default=None)
+    return best if best is not None and iou(box, candidates[best]) >= min_iou else None
+
+
 @dataclass(frozen=True)
 class VoteRules:
     min_votes: int = 3

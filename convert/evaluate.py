@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from agent.decision import decide_all
+from agent.errors import InputError
 from agent.preprocess import CropSpec, face_input, whole_image_box
+from agent.track import best_match
+from agent.voc import is_voc, read_voc
 
 from .dataset import scan
 from .errors import ConvertError
 from .faces import read_image
 from .metrics import format_report, full_report, plot_confusion
-from .voc import is_voc, read_voc
 
 SIZE_BUCKETS = (("<32", 0, 32), ("32-64", 32, 64), (">=64", 64, 10**9))
 
@@ -73,8 +75,6 @@ def load_scorer(model: str):
 def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], detector=None):
     """Crops of annotated faces: around the annotated box, or (with a detector) around the
     detector's matching box (IoU >= 0.3), which is what the device classifies."""
-    from agent.track import iou
-
     crops, y, sizes, skipped = [], [], [], []
     missed = 0
     current: tuple[Path, np.ndarray | None, list] | None = None
@@ -92,11 +92,11 @@ def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], dete
             continue
         box = face.box
         if detector is not None:
-            best = max(boxes, key=lambda b: iou(b, face.box), default=None)
-            if best is None or iou(best, face.box) < 0.3:
+            match = best_match(face.box, boxes)
+            if match is None:
                 missed += 1
                 continue
-            box = best
+            box = boxes[match]
         crops.append(face_input(image, box, spec))
         y.append(labels.index(face.label))
         sizes.append(face.size)
@@ -177,8 +177,11 @@ def evaluate(model: str, data: list[str], json_path: Path | None = None,
         path = Path(root)
         if not path.is_dir():
             raise ConvertError(f"data folder not found: {root}")
-        results["datasets"].append(evaluate_set(scorer, path, scale, min_face, threshold, plots,
-                                                detector))
+        try:
+            results["datasets"].append(evaluate_set(scorer, path, scale, min_face, threshold,
+                                                    plots, detector))
+        except InputError as exc:
+            raise ConvertError(str(exc)) from None
     if json_path is not None:
         try:
             json_path.parent.mkdir(parents=True, exist_ok=True)
