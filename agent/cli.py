@@ -1,8 +1,10 @@
 """`mask-agent`: run the doorway agent and its tools.
 
-Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data, 66 input or source not
-found, 69 broker or download unavailable, 74 state directory not writable,
-78 invalid configuration or model (systemd does not restart on 78).
+Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data (undecodable or too
+large image), 66 input or source not found, 69 broker or download unavailable,
+74 events left only in memory (state directory not writable), 75 --until-eof ended with
+events undelivered (kept in the outbox), 78 invalid configuration or model (systemd does
+not restart on 78).
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import EXIT_FAILURE, MaskwatchError
+from .errors import EXIT_FAILURE, MaskwatchError, UsageError
+from .models import DETECTOR_FILES, OPTIONAL
 from .predict import annotate, detect_result, read_image_file
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("maskwatch")
 
 
-def load_config(args) -> dict:
+def load_config(args) -> Config:
     from .config import load
 
     return load(args.config, args.set)
@@ -28,22 +36,19 @@ def load_config(args) -> dict:
 
 def cmd_run(args) -> int:
     from .service import Agent
-    from .systemd import setup_logging
+    from .systemd import setup_logging, stop_on_signals
 
     cfg = load_config(args)
-    setup_logging(cfg["log_level"])
+    setup_logging(cfg.log_level)
     agent = Agent(cfg)
-    if cfg["http"]["enabled"]:
-        from .errors import ConfigError
-        from .http import HttpEndpoint
-
-        try:
-            agent.http = HttpEndpoint(cfg, agent)
-        except OSError as exc:
-            raise ConfigError(f"config: http.port: cannot listen on {cfg['http']['host']}:"
-                              f"{cfg['http']['port']}: {exc.strerror}") from None
-    agent.install_signal_handlers()
+    stop_on_signals(agent.stop_event)
     return agent.run(args.source, until_eof=args.until_eof)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(load_config(args), args.source, publish=not args.no_broker)
 
 
 def cmd_check_config(args) -> int:
@@ -54,72 +59,66 @@ def cmd_check_config(args) -> int:
     return 0
 
 
-def _detector_from(cfg: dict, name: str | None):
-    from .detect import create_detector
-    from .models import detector_model_path
-
-    d = cfg["detect"]
-    detector = name or d["detector"]
-    model = detector_model_path(detector, d["model"] if not name else None, cfg["state_dir"])
-    return create_detector(detector, model, max_side=d["max_side"], min_face=d["min_face"],
-                           score_threshold=d["score_threshold"])
-
-
-def _classifier_from(cfg: dict):
-    from .classify import Classifier
-
-    c = cfg["classify"]
-    return Classifier(c["model"], threads=c["threads"], no_mask_threshold=c["no_mask_threshold"])
-
-
-def readable_images(paths: list[str], failures: list[int]):
+def readable_images(paths: list[str], failures: list[int], max_pixels: int):
     """(path, BGR image) for each readable path; a bad one is a line on stderr and its
     exit code is collected in `failures`, and the others are still processed."""
     for path in paths:
         try:
-            yield path, read_image_file(path)
+            yield path, read_image_file(path, max_pixels)
         except MaskwatchError as exc:
             print(f"mask-agent: error: {exc}", file=sys.stderr)
             failures.append(exc.exit_code)
 
 
+def annotate_dir(folder: str | None) -> Path | None:
+    """The --annotate folder, created; a clear error when it is a file or unwritable."""
+    if folder is None:
+        return None
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--annotate {folder}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--annotate {folder}: cannot create: {exc.strerror}") from None
+    return out
+
+
 def cmd_detect(args) -> int:
     import cv2
 
+    from .factory import classifier_from, detector_from
+
     cfg = load_config(args)
-    detector, classifier = _detector_from(cfg, args.detector), _classifier_from(cfg)
+    settings = cfg.detect
+    if args.detector:
+        settings = replace(settings, detector=args.detector,
+                           model=settings.model if args.detector == settings.detector else None)
+    out = annotate_dir(args.annotate)
+    detector, classifier = detector_from(settings, cfg.state_dir), classifier_from(cfg.classify)
     failures: list[int] = []
-    for path, image in readable_images(args.paths, failures):
+    for path, image in readable_images(args.paths, failures, cfg.detect.max_image_pixels):
         result = {"image": path, **detect_result(image, detector, classifier)}
         if args.json:
             print(json.dumps(result), flush=True)
         else:
             labels = ", ".join(f"{f['label']} ({f['confidence']:.2f})" for f in result["faces"])
             print(f"{path}: {len(result['faces'])} face(s){': ' + labels if labels else ''}")
-        if args.annotate:
-            out = Path(args.annotate)
-            out.mkdir(parents=True, exist_ok=True)
+        if out is not None:
             cv2.imwrite(str(out / (Path(path).stem + ".jpg")), annotate(image, result))
     return max(failures, default=0)
 
 
 def cmd_classify(args) -> int:
-    import cv2
-    import numpy as np
-
-    from .preprocess import resize_square
+    from .factory import classifier_from
+    from .preprocess import whole_image_box
 
     cfg = load_config(args)
-    classifier = _classifier_from(cfg)
+    classifier = classifier_from(cfg.classify)
     failures: list[int] = []
-    for path, image in readable_images(args.crops, failures):
-        # a crop is classified whole: padded to a square by repeating its edges
-        side = max(image.shape[:2])
-        pad_y, pad_x = side - image.shape[0], side - image.shape[1]
-        square = cv2.copyMakeBorder(image, pad_y // 2, pad_y - pad_y // 2, pad_x // 2,
-                                    pad_x - pad_x // 2, cv2.BORDER_REPLICATE)
-        crop = cv2.cvtColor(resize_square(square, classifier.crop.size), cv2.COLOR_BGR2RGB)
-        p = classifier.predict_crops(np.stack([crop]))[0]
+    for path, image in readable_images(args.crops, failures, cfg.detect.max_image_pixels):
+        # a crop is classified whole, through the shared crop (edges repeated to a square)
+        p = classifier.classify(image, [whole_image_box(image, classifier.crop)])[0]
         if args.json:
             print(json.dumps({"image": path, "label": p.label, "confidence": p.confidence,
                               "scores": p.scores}), flush=True)
@@ -129,11 +128,10 @@ def cmd_classify(args) -> int:
 
 
 def cmd_models_fetch(args) -> int:
-    from .config import load
     from .models import fetch, models_dir
 
-    cfg = load(args.config, args.set)
-    dest = Path(args.dest) if args.dest else models_dir(cfg["state_dir"])
+    cfg = load_config(args)
+    dest = Path(args.dest) if args.dest else models_dir(cfg.state_dir)
     paths = fetch(dest, Path(args.from_dir) if args.from_dir else None, args.base_url,
                   args.only or None)
     for path in paths:
@@ -187,8 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--source", help="override source.uri (camera index, file, URL)")
     p.add_argument("--until-eof", action="store_true",
-                   help="stop when a video file ends and its events are delivered")
+                   help="stop when a video file ends and its events are delivered (exit 75 "
+                   "if some could not be delivered)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the real pipeline on the bundled street clip and "
+                       "print each event (no camera, broker or download needed)")
+    common(p)
+    p.add_argument("--source", help="another video file instead of the bundled clip")
+    p.add_argument("--no-broker", action="store_true",
+                   help="do not try the MQTT broker (mqtt.host:mqtt.port) at all")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("check-config", help="validate a config file (secrets are hidden)")
     common(p)
@@ -218,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy from this folder instead of downloading (offline devices)")
     p.add_argument("--dest", help="target folder (default: <state_dir>/models)")
     p.add_argument("--base-url", help="download from this mirror instead of the public sources")
-    p.add_argument("--only", action="append", help="fetch only this model (repeatable)")
+    p.add_argument("--only", action="append", choices=list(DETECTOR_FILES),
+                   help="fetch only this model (repeatable; default: the optional "
+                   f"{', '.join(OPTIONAL)}; yunet ships in the package)")
     p.set_defaults(func=cmd_models_fetch)
 
     p = sub.add_parser("watch", help="print events from the broker and a live tally")

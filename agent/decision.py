@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+MASK = "with_mask"
 NO_MASK = "without_mask"
+INCORRECT = "mask_weared_incorrect"  # the spelling of the public data sets
 
 
 def decide(scores: np.ndarray, labels: list[str], no_mask_threshold: float | None) -> int:

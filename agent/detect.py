@@ -17,6 +17,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .config import DetectConfig
 from .errors import ModelError
 from .preprocess import Box
 from .tflite import load_interpreter
@@ -55,7 +56,7 @@ class HaarDetector:
 
     name = "haar"
 
-    def __init__(self, max_side: int = 640, min_face: int = 24, scale_factor: float = 1.1,
+    def __init__(self, max_side: int, min_face: int, scale_factor: float = 1.1,
                  min_neighbors: int = 5) -> None:
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self._cascade = cv2.CascadeClassifier(str(path))
@@ -80,11 +81,11 @@ class YuNetDetector:
 
     name = "yunet"
 
-    def __init__(self, model_path: str | Path, max_side: int = 320, min_face: int = 24,
-                 score_threshold: float = 0.6, nms_threshold: float = 0.3) -> None:
+    def __init__(self, model_path: str | Path, max_side: int, min_face: int,
+                 score_threshold: float, nms_threshold: float = 0.3) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
-            raise ModelError(f"YuNet model not found: {model_path} (run: mask-agent models fetch)")
+            raise ModelError(f"YuNet model not found: {model_path}")
         try:
             self._net = cv2.FaceDetectorYN.create(
                 str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
@@ -135,7 +136,7 @@ class BlazeFaceDetector:
 
     name = "blazeface"
 
-    def __init__(self, model_path: str | Path, min_face: int = 24, score_threshold: float = 0.5,
+    def __init__(self, model_path: str | Path, min_face: int, score_threshold: float,
                  nms_threshold: float = 0.3, num_threads: int = 1) -> None:
         self._interpreter = load_interpreter(model_path, num_threads)
         inp = self._interpreter.get_input_details()[0]
@@ -186,17 +187,21 @@ class BlazeFaceDetector:
 DETECTORS = ("yunet", "blazeface", "haar")
 
 
-def create_detector(name: str, model_path: str | Path | None, max_side: int = 320,
-                    min_face: int = 24, score_threshold: float = 0.6) -> Detector:
-    """Build a detector by name; `model_path` is ignored for haar."""
+def create_detector(settings: DetectConfig, model_path: str | Path | None) -> Detector:
+    """The detector named in `settings` (detect.* of the config); model ignored for haar.
+
+    Haar runs on at least 640 px (it needs the resolution to find anything), BlazeFace
+    with a score threshold of at most 0.5 (its scores run lower than YuNet's).
+    """
+    name = settings.detector
     if name == "haar":
-        return HaarDetector(max_side=max(max_side, 640), min_face=min_face)
+        return HaarDetector(max_side=max(settings.max_side, 640), min_face=settings.min_face)
     if model_path is None:
         raise ModelError(f"detector {name!r} needs a model file (run: mask-agent models fetch)")
     if name == "yunet":
-        return YuNetDetector(model_path, max_side=max_side, min_face=min_face,
-                             score_threshold=score_threshold)
+        return YuNetDetector(model_path, max_side=settings.max_side, min_face=settings.min_face,
+                             score_threshold=settings.score_threshold)
     if name == "blazeface":
-        return BlazeFaceDetector(model_path, min_face=min_face,
-                                 score_threshold=min(score_threshold, 0.5))
+        return BlazeFaceDetector(model_path, min_face=settings.min_face,
+                                 score_threshold=min(settings.score_threshold, 0.5))
     raise ModelError(f"unknown detector {name!r} (choose one of {', '.join(DETECTORS)})")

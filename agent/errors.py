@@ -14,25 +14,21 @@ EXIT_USAGE = 2  # wrong command-line arguments
 EXIT_DATA = 65  # an input image or payload could not be decoded
 EXIT_NOINPUT = 66  # an input file or camera source does not exist / cannot be opened
 EXIT_UNAVAILABLE = 69  # the MQTT broker could not be reached
-EXIT_IOERR = 74  # the state directory (outbox) is not writable
+EXIT_IOERR = 74  # the state directory was unwritable at the end: events only in memory
+EXIT_TEMPFAIL = 75  # --until-eof ended with events not yet delivered (kept in the outbox)
 EXIT_CONFIG = 78  # invalid configuration or model file
-
-EXIT_CODES = {
-    EXIT_OK: "success",
-    EXIT_FAILURE: "unexpected internal error",
-    EXIT_USAGE: "command-line usage error",
-    EXIT_DATA: "input data could not be decoded",
-    EXIT_NOINPUT: "input file or camera source not found",
-    EXIT_UNAVAILABLE: "MQTT broker unavailable",
-    EXIT_IOERR: "state directory not writable",
-    EXIT_CONFIG: "invalid configuration or model",
-}
 
 
 class MaskwatchError(Exception):
     """Base class: a problem with a one-line explanation and an exit code."""
 
     exit_code = EXIT_FAILURE
+
+
+class UsageError(MaskwatchError):
+    """A command-line argument that cannot work (e.g. --annotate pointing at a file)."""
+
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(MaskwatchError):

@@ -16,7 +16,6 @@ from pathlib import Path
 from .track import Transition
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "event.schema.json"
-EVENT_TYPES = ("new", "update", "end")
 
 
 def iso(ts: float) -> str:

@@ -5,22 +5,34 @@
 - GET  /snapshot.jpg  latest frame with boxes; 404 unless `http.snapshot` is enabled,
                       because then an image leaves the device
 - POST /v1/predict    an encoded image as the request body -> the JSON of `mask-agent detect`
-                      (400 for an undecodable image, 413 over `http.max_upload_bytes`)
+                      (400 undecodable, 411 no length, 413 too many bytes or pixels,
+                      503 while another prediction runs)
+
+Once enabled it is an attack surface on a small device, so it is bounded everywhere:
+a bearer token (required off loopback) for everything but /healthz, at most
+`http.max_connections` connections served at once, idle connections closed after
+`http.timeout_s`, uploads read up to `http.max_upload_bytes` and no further, image
+headers checked before decoding, one prediction at a time, one log line per bad request.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from .errors import InputError
-from .predict import decode_image, detect_result
+from .config import Config, http_token
+from .errors import ConfigError, InputError
+from .predict import ImageTooLarge, decode_image, detect_result
 
 log = logging.getLogger("maskwatch.http")
+
+BACKLOG = 64
 
 
 class AgentView(Protocol):
@@ -64,43 +76,110 @@ def prometheus(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 35\r\nConnection: close\r\n\r\n"
+        b'{"error": "too many connections"}\r\n')
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A threading server that serves at most `max_connections` at once (each closed after
+    `timeout_s` idle); a connection beyond that gets an immediate 503 and is closed, so a
+    flood of idle connections costs neither threads nor file descriptors."""
+
+    daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def __init__(self, address, handler, max_connections: int, timeout_s: float) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.connection_timeout = timeout_s
+        self.rejected = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.rejected += 1
+            try:
+                request.settimeout(0.5)
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            request.settimeout(self.connection_timeout)
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.info("HTTP connection from %s failed", client_address[0])  # no traceback
+
+
 class HttpEndpoint:
-    def __init__(self, cfg: dict, agent: AgentView) -> None:
-        self.cfg = cfg["http"]
+    def __init__(self, cfg: Config, agent: AgentView) -> None:
+        self.cfg = cfg.http
+        self.max_pixels = cfg.detect.max_image_pixels
         self.agent = agent
+        self.token = http_token(cfg)
         self._predictor = None
-        self._predict_lock = threading.Lock()
-        self.server = ThreadingHTTPServer((self.cfg["host"], self.cfg["port"]),
-                                          self._handler_class())
-        self.server.daemon_threads = True
+        self._predict_slot = threading.Semaphore(1)  # decode + predict: one at a time
+        try:
+            self.server = BoundedServer((self.cfg.host, self.cfg.port), self._handler_class(),
+                                        self.cfg.max_connections, self.cfg.timeout_s)
+        except OSError as exc:
+            raise ConfigError(f"config: http.port: cannot listen on {self.cfg.host}:"
+                              f"{self.cfg.port}: {exc.strerror}") from None
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",
                                         daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-        log.info("HTTP endpoint on http://%s:%s", self.cfg["host"], self.port)
+        log.info("HTTP endpoint on http://%s:%s%s", self.cfg.host, self.port,
+                 " (token required)" if self.token else "")
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
-    def predict(self, body: bytes) -> dict:
-        image = decode_image(body)
-        with self._predict_lock:  # TFLite interpreters are not thread-safe
+    def authorised(self, header: str | None) -> bool:
+        if self.token is None:
+            return True
+        expected = f"Bearer {self.token}".encode()
+        return header is not None and hmac.compare_digest(header.encode(), expected)
+
+    def predict(self, body: bytes) -> dict | None:
+        """The detect JSON, or None when another prediction is running (503)."""
+        if not self._predict_slot.acquire(blocking=False):
+            return None
+        try:
+            image = decode_image(body, max_pixels=self.max_pixels)
             if self._predictor is None:
                 self._predictor = self.agent.make_predictor()
             detector, classifier = self._predictor
             return detect_result(image, detector, classifier)
+        finally:
+            self._predict_slot.release()
 
     def _handler_class(self):
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "maskwatch"
+            protocol_version = "HTTP/1.0"
 
             def log_message(self, fmt: str, *args) -> None:
                 log.debug("%s %s", self.address_string(), fmt % args)
+
+            def log_error(self, fmt: str, *args) -> None:
+                log.info("bad HTTP request from %s: %s", self.address_string(), fmt % args)
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
@@ -113,50 +192,97 @@ class HttpEndpoint:
                 self._send(status, json.dumps(data).encode(), "application/json")
 
             def _error(self, status: int, message: str) -> None:
+                if status >= 400 and status != HTTPStatus.NOT_FOUND:
+                    log.info("HTTP %d for %s %s from %s: %s", status, self.command,
+                             self.path[:80], self.address_string(), message)
                 self._json(status, {"error": message})
+
+            def _allowed(self) -> bool:
+                if endpoint.authorised(self.headers.get("Authorization")):
+                    return True
+                self.close_connection = True
+                self.send_response(HTTPStatus.UNAUTHORIZED)
+                self.send_header("WWW-Authenticate", 'Bearer realm="maskwatch"')
+                body = b'{"error": "a bearer token is required"}'
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                log.info("HTTP 401 for %s %s from %s", self.command, self.path[:80],
+                         self.address_string())
+                return False
+
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (socket.timeout, ConnectionError) as exc:
+                    log.info("HTTP connection from %s dropped: %s", self.address_string(),
+                             type(exc).__name__)
+                    self.close_connection = True
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     ok, report = endpoint.agent.health_report()
                     self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, report)
-                elif path == "/metrics":
+                    return
+                if not self._allowed():
+                    return
+                if path == "/metrics":
                     self._send(HTTPStatus.OK, prometheus(endpoint.agent.stats()).encode(),
                                "text/plain; version=0.0.4")
                 elif path == "/snapshot.jpg":
-                    if not endpoint.cfg["snapshot"]:
-                        self._error(HTTPStatus.NOT_FOUND,
-                                    "snapshots are disabled (set http.snapshot: true)")
-                        return
-                    jpeg = endpoint.agent.snapshot_jpeg()
-                    if jpeg is None:
-                        self._error(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet")
-                    else:
-                        self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+                    self._snapshot()
                 else:
                     self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
 
-            def do_POST(self) -> None:  # noqa: N802
-                if self.path.split("?", 1)[0] != "/v1/predict":
-                    self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path}")
+            def _snapshot(self) -> None:
+                if not endpoint.cfg.snapshot:
+                    self._error(HTTPStatus.NOT_FOUND,
+                                "snapshots are disabled (set http.snapshot: true)")
                     return
-                try:
-                    length = int(self.headers.get("Content-Length", ""))
-                except ValueError:
-                    self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-                    return
-                if length > endpoint.cfg["max_upload_bytes"]:
-                    self.close_connection = True
+                jpeg = endpoint.agent.snapshot_jpeg()
+                if jpeg is None:
+                    self._error(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet")
+                else:
+                    self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+
+            def _body(self) -> bytes | None:
+                """The request body, or None after answering 411/413."""
+                self.close_connection = True
+                text = self.headers.get("Content-Length", "")
+                if not text.isdigit():
+                    self._error(HTTPStatus.LENGTH_REQUIRED,
+                                "a Content-Length of 0 or more bytes is required")
+                    return None
+                length, limit = int(text), endpoint.cfg.max_upload_bytes
+                if length > limit:
                     self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                 f"upload of {length} bytes exceeds http.max_upload_bytes "
-                                f"({endpoint.cfg['max_upload_bytes']})")
+                                f"({limit})")
+                    return None
+                return self.rfile.read(length)
+
+            def do_POST(self) -> None:  # noqa: N802
+                if not self._allowed():
                     return
-                body = self.rfile.read(length)
+                if self.path.split("?", 1)[0] != "/v1/predict":
+                    self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path[:80]}")
+                    return
+                body = self._body()
+                if body is None:
+                    return
                 try:
                     result = endpoint.predict(body)
+                except ImageTooLarge as exc:
+                    self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
+                    return
                 except InputError as exc:
                     self._error(HTTPStatus.BAD_REQUEST, str(exc))
                     return
-                self._json(HTTPStatus.OK, result)
+                if result is None:
+                    self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy: try again")
+                else:
+                    self._json(HTTPStatus.OK, result)
 
         return Handler

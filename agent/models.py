@@ -1,9 +1,10 @@
 """Detector model files: where they live, and `mask-agent models fetch`.
 
-YuNet and BlazeFace are not in any light package, so they are downloaded from their
+The default detector, YuNet (MIT, 227 KB), ships inside the package
+(agent/default_detector/, sha256-checked like the classifier bundle), so a fresh install
+needs no download. The optional BlazeFace models (Apache-2.0) are downloaded from their
 public sources once (pinned sha256) into `<state_dir>/models`, or copied from a folder
-(`--from DIR`) for devices without internet. The classifier bundle ships inside the
-package (agent/default_model/) and needs no fetching.
+(`--from DIR`) on devices without internet.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ DETECTOR_FILES: dict[str, ModelFile] = {
         "https://github.com/google/mediapipe/raw/master/mediapipe/modules/face_detection/"
         "face_detection_full_range.tflite", "Apache-2.0"),
 }
+BUNDLED_DIR = Path(__file__).parent / "default_detector"
+BUNDLED = {"yunet"}  # shipped in the package; `models fetch` is for the others
+OPTIONAL = tuple(name for name in DETECTOR_FILES if name not in BUNDLED)
 DOWNLOAD_TIMEOUT_S = 60
 MAX_MODEL_BYTES = 50_000_000
 
@@ -63,24 +67,31 @@ def models_dir(state_dir: str | Path | None = None) -> Path:
     return Path(state_dir) / "models"
 
 
+def bundled_model_path(detector: str = "yunet") -> Path:
+    """The detector model shipped in the package, checked against its pinned sha256."""
+    model = DETECTOR_FILES[detector]
+    path = BUNDLED_DIR / model.name
+    if not path.is_file() or sha256_file(path) != model.sha256:
+        raise ModelError(f"bundled {detector} model {path} is missing or corrupt: reinstall "
+                         "maskwatch")
+    return path
+
+
 def detector_model_path(detector: str, configured: str | None,
                         state_dir: str | Path) -> Path | None:
-    """The detector's model file: the configured path, else the fetched default."""
+    """The detector's model file: the configured path, else the bundled or fetched one."""
     if detector == "haar":
         return None
     if configured:
         return Path(configured)
+    if detector in BUNDLED:
+        return bundled_model_path(detector)
     path = models_dir(state_dir) / DETECTOR_FILES[detector].name
     if not path.is_file():
-        raise ModelError(f"{detector} model not found at {path}: run 'mask-agent models fetch' "
-                         "(or 'mask-agent models fetch --from DIR' offline)")
+        raise ModelError(f"{detector} model not found at {path}: run 'mask-agent models fetch "
+                         f"--only {detector}' (offline: add --from DIR, a folder holding "
+                         f"{DETECTOR_FILES[detector].name})")
     return path
-
-
-def default_detector_model_path(detector: str = "yunet") -> Path | None:
-    """The fetched default model in the default state folder, if present."""
-    path = models_dir() / DETECTOR_FILES[detector].name
-    return path if path.is_file() else None
 
 
 def sha256_file(path: Path) -> str:
@@ -104,7 +115,7 @@ def _install_verified(tmp: Path, model: ModelFile, dest_dir: Path, origin: str) 
     return target
 
 
-def _download(url: str, out: Path) -> None:
+def _download(url: str, out: Path, name: str) -> None:
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
                 open(out, "wb") as f:
@@ -116,24 +127,29 @@ def _download(url: str, out: Path) -> None:
                 f.write(chunk)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise FetchError(f"cannot download {url}: {reason}") from None
+        raise FetchError(f"cannot download {name} from "
+                         f"{url}: {reason}; without internet, copy the file to this device and "
+                         "run: mask-agent models fetch --from DIR") from None
 
 
 def fetch(dest_dir: Path, source_dir: Path | None = None, base_url: str | None = None,
           names: list[str] | None = None) -> list[Path]:
     """Fetch (or copy) detector models into dest_dir, verifying each sha256.
 
-    Files already present with the right checksum are kept as they are.
+    Default: the optional detectors (the bundled YuNet needs no fetching). Files already
+    present with the right checksum are kept. With `source_dir`, the files found there
+    are copied and the missing ones skipped (an error only when none is found).
     """
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FetchError(f"cannot create {dest_dir}: {exc.strerror}") from None
-    wanted = names or list(DETECTOR_FILES)
+    wanted = names or list(OPTIONAL)
     unknown = [n for n in wanted if n not in DETECTOR_FILES]
     if unknown:
         raise FetchError(f"unknown model {unknown[0]!r} (known: {', '.join(DETECTOR_FILES)})")
-    done = []
+    done: list[Path] = []
+    missing: list[str] = []
     for name in wanted:
         model = DETECTOR_FILES[name]
         target = dest_dir / model.name
@@ -147,12 +163,15 @@ def fetch(dest_dir: Path, source_dir: Path | None = None, base_url: str | None =
             if source_dir is not None:
                 origin = source_dir / model.name
                 if not origin.is_file():
-                    raise FetchError(f"{model.name} not found in {source_dir}")
+                    missing.append(model.name)
+                    continue
                 shutil.copyfile(origin, tmp)
             else:
                 origin = f"{base_url.rstrip('/')}/{model.name}" if base_url else model.url
-                _download(str(origin), tmp)
+                _download(str(origin), tmp, model.name)
             done.append(_install_verified(tmp, model, dest_dir, str(origin)))
         finally:
             tmp.unlink(missing_ok=True)
+    if missing and (names or not done):
+        raise FetchError(f"not found in {source_dir}: {', '.join(missing)}")
     return done

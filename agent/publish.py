@@ -1,10 +1,11 @@
 """MQTT publishing (paho-mqtt 2, callback API v2) from the durable outbox.
 
-Topics live under `<topic_prefix>/<device_id>/`:
-- `events`  QoS 1, person events (JSON), delivered at least once, in order, via the outbox.
-- `status`  retained: `online`, `source_lost`, `degraded` (events kept in memory only),
-  or `offline` (also the last will, so a dead device shows `offline`).
-- `stats`   QoS 0, periodic JSON (rates, counts, outbox depth and drops).
+What goes how (topic names: topics.py):
+- queued through the outbox (at least once, in order, survives outages and restarts):
+  person `events` and `unmasked` alerts: anything an automation acts on;
+- retained state, re-sent on every connect: `status` (also the last will, `offline`),
+  `counts`, Home Assistant discovery;
+- best effort, QoS 0, replaced by the next one: `stats`.
 A pump thread hands outbox messages to paho in seq order with a bounded number in flight
 and deletes each one on its PUBACK. After every (re)connect it starts again from the
 oldest unacknowledged message: a redelivered duplicate keeps its event id.
@@ -21,9 +22,11 @@ import time
 from typing import Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from .outbox import Outbox
+from .config import Config, TlsConfig
+from .mqtt_client import make_client
+from .outbox import ResilientOutbox
+from .topics import Topics
 
 log = logging.getLogger("maskwatch.publish")
 
@@ -31,16 +34,16 @@ IN_FLIGHT = 20
 AUTH_FAILURES = {"Bad user name or password", "Not authorized"}
 
 
-def diagnose_connect(host: str, port: int, tls: dict | None, timeout: float = 5.0) -> str:
+def diagnose_connect(host: str, port: int, tls: TlsConfig | None, timeout: float = 5.0) -> str:
     """Why a connection fails, in one line (paho only says that it failed)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             if tls is None:
                 return "connection closed by the broker"
-            context = ssl.create_default_context(cafile=tls["ca_file"])
-            if tls["cert_file"]:
-                context.load_cert_chain(tls["cert_file"], tls["key_file"])
-            if tls["insecure"]:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
+            if tls.insecure:
                 context.check_hostname = False
             with context.wrap_socket(sock, server_hostname=host):
                 return "TLS handshake succeeded; the broker closed the connection"
@@ -51,24 +54,15 @@ def diagnose_connect(host: str, port: int, tls: dict | None, timeout: float = 5.
         return exc.strerror or str(exc)
 
 
-def topic_base(cfg: dict) -> str:
-    return f"{cfg['mqtt']['topic_prefix']}/{cfg['device_id']}"
-
-
 class Publisher:
-    def __init__(self, cfg: dict, outbox: Outbox, password: str | None) -> None:
-        mqtt_cfg = cfg["mqtt"]
-        self.base = topic_base(cfg)
-        self.events_topic = f"{self.base}/events"
-        self.status_topic = f"{self.base}/status"
-        self.stats_topic = f"{self.base}/stats"
+    def __init__(self, cfg: Config, outbox: ResilientOutbox, password: str | None) -> None:
+        self.topics = Topics.of(cfg)
         self.outbox = outbox
-        self.host, self.port, self.keepalive = (mqtt_cfg["host"], mqtt_cfg["port"],
-                                                mqtt_cfg["keepalive"])
+        self.host, self.port, self.keepalive = cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.keepalive
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.published = 0
-        self.connects = 0
+        self.ever_connected = False
         self.on_connected: list[Callable[[], None]] = []
         self._handlers: dict[str, Callable[[bytes], None]] = {}
         self._status = "online"
@@ -76,24 +70,18 @@ class Publisher:
         self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # (paho info, seq)
         self._last_sent = 0
         self._stopping = False
-        self._tls = mqtt_cfg["tls"] if mqtt_cfg["tls"]["enabled"] else None
+        self._tls = cfg.mqtt.tls if cfg.mqtt.tls.enabled else None
         self._client = self._make_client(cfg, password)
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
 
-    def _make_client(self, cfg: dict, password: str | None) -> mqtt.Client:
-        m = cfg["mqtt"]
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m["client_id"],
-                             clean_session=False, protocol=mqtt.MQTTv311)
-        if m["username"]:
-            client.username_pw_set(m["username"], password)
-        if m["tls"]["enabled"]:
-            client.tls_set(ca_certs=m["tls"]["ca_file"], certfile=m["tls"]["cert_file"],
-                           keyfile=m["tls"]["key_file"], cert_reqs=ssl.CERT_REQUIRED,
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            client.tls_insecure_set(m["tls"]["insecure"])
-        client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=max(1, int(m["reconnect_min_s"])),
-                                   max_delay=max(1, int(m["reconnect_max_s"])))
+    def _make_client(self, cfg: Config, password: str | None) -> mqtt.Client:
+        m = cfg.mqtt
+        client = make_client(m, m.client_id or f"maskwatch-{cfg.device_id}", password,
+                             persistent_session=True)
+        client.will_set(self.topics.status, "offline", qos=1, retain=True)
+        # paho computes its backoff in float seconds: sub-second delays are kept as given
+        client.reconnect_delay_set(min_delay=m.reconnect_min_s,  # type: ignore[arg-type]
+                                   max_delay=m.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(IN_FLIGHT)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -123,17 +111,21 @@ class Publisher:
             self._cond.notify_all()
         self._pump.join(timeout=2.0)
         if self.connected.is_set():
-            info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
+            info = self._client.publish(self.topics.status, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
         self._client.disconnect()
         self._client.loop_stop()
         return self.outbox.depth()
 
+    def is_connected(self) -> bool:
+        return self.connected.is_set()
+
     # --- publishing ------------------------------------------------------------------
-    def publish_event(self, payload: bytes) -> int:
-        """Durably queue an event (StateError when the outbox cannot be written)."""
-        seq = self.outbox.put(self.events_topic, payload, qos=1)
+    def queue(self, topic: str, payload: bytes | str, qos: int = 1) -> int:
+        """Queue a message through the outbox (at least once, in order, kept over outages)."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        seq = self.outbox.put(topic, data, qos=qos)
         self.wake()
         return seq
 
@@ -143,7 +135,7 @@ class Publisher:
             return
         self._status = status
         if self.connected.is_set():
-            self._client.publish(self.status_topic, status, qos=1, retain=True)
+            self._client.publish(self.topics.status, status, qos=1, retain=True)
 
     def publish_now(self, topic: str, payload: bytes | str, qos: int = 0,
                     retain: bool = False) -> bool:
@@ -228,10 +220,10 @@ class Publisher:
                 log.error("MQTT broker %s:%s refused the connection: %s", self.host,
                           self.port, reason_code)
             return
-        self.connects += 1
         self.last_error = None
+        self.ever_connected = True
         log.info("connected to MQTT broker %s:%s", self.host, self.port)
-        client.publish(self.status_topic, self._status, qos=1, retain=True)
+        client.publish(self.topics.status, self._status, qos=1, retain=True)
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
         with self._cond:

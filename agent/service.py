@@ -1,177 +1,85 @@
-"""The agent service: source -> pipeline -> events -> outbox/MQTT, with health and stats.
+"""The agent service: source -> pipeline -> events -> outbox/MQTT.
 
-Owns the I/O around the pipeline: reopening a lost source with backoff (`source_lost`),
-publishing events durably, stats, Home Assistant discovery, the optional HTTP endpoint,
-systemd readiness/watchdog, and a clean stop on SIGTERM (end open tracks, drain what the
-broker takes, `offline`; anything unacknowledged stays in the outbox for the next start).
+This module is the loop and little else: each concern lives where it belongs (source
+reopening in camera.Reopener, durable delivery in outbox/publish, Home Assistant in
+discovery.Announcer, status/stats in health, HTTP in http, systemd in systemd). A clean
+stop (SIGTERM, end of file) ends open tracks, drains what the broker takes, says
+`offline`, and leaves anything unacknowledged in the outbox for the next start.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
 import cv2
 
-from .camera import Source, describe, open_source
-from .classify import Classifier
-from .config import mqtt_password
-from .detect import create_detector
-from .discovery import discovery_messages, is_birth
-from .errors import SourceError, StateError
+from .camera import Frame, Reopener, Source, describe, quiet_opencv
+from .config import Config, mqtt_password
+from .decision import NO_MASK
+from .discovery import Announcer
+from .errors import EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
 from .events import EventContext, build_event, encode
-from .models import detector_model_path
-from .outbox import MemoryOutbox, Outbox
+from .factory import pipeline_from
+from .health import Health
+from .outbox import ResilientOutbox
 from .pipeline import Pipeline
 from .predict import draw_faces
-from .publish import Publisher, topic_base
+from .publish import Publisher
 from .systemd import Notifier
-from .track import Tracker, Transition, VoteRules
+from .topics import Topics
+from .track import Transition
 
 log = logging.getLogger("maskwatch.service")
 
-UNTIL_EOF_DRAIN_S = 60.0
+UNTIL_EOF_DRAIN_S = 60.0  # the broker answered before: give it time to take the backlog
+NEVER_CONNECTED_DRAIN_S = 10.0  # no broker so far: don't hold the exit for a minute
 STOP_DRAIN_S = 5.0
 
 
-@dataclass
-class Health:
-    """What /healthz, `status` and `stats` report."""
-
-    source: str = "starting"  # starting, ok, lost, ended
-    source_error: str | None = None
-    outbox_error: str | None = None
-    started: float = field(default_factory=time.time)
-    people: Counter = field(default_factory=Counter)  # decided people per label
-    events: Counter = field(default_factory=Counter)  # events per type
-
-
-def build_pipeline(cfg: dict) -> Pipeline:
-    """Detector + classifier + tracker from the config (ModelError when a model is bad)."""
-    d = cfg["detect"]
-    model = detector_model_path(d["detector"], d["model"], cfg["state_dir"])
-    detector = create_detector(d["detector"], model, max_side=d["max_side"],
-                               min_face=d["min_face"], score_threshold=d["score_threshold"])
-    c = cfg["classify"]
-    classifier = Classifier(c["model"], threads=c["threads"],
-                            no_mask_threshold=c["no_mask_threshold"])
-    t = cfg["track"]
-    tracker = Tracker(t["iou_threshold"], t["max_missed_s"],
-                      VoteRules(t["min_votes"], t["agreement"], t["window"], t["update_votes"]))
-    return Pipeline(detector, classifier, tracker, d["fps"], d["roi"])
-
-
-def open_outbox(cfg: dict) -> tuple[Outbox, str | None]:
-    """The SQLite outbox, or a memory one (and the reason) when the state dir is unusable."""
-    o = cfg["outbox"]
-    try:
-        return Outbox(o["path"], o["max_events"], o["max_bytes"]), None
-    except StateError as exc:
-        log.error("%s; keeping events in memory until it is fixed", exc)
-        return MemoryOutbox(o["max_events"], o["max_bytes"]), str(exc)
-
-
 class Agent:
-    def __init__(self, cfg: dict, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, cfg: Config, pipeline: Pipeline | None = None,
+                 publish: bool = True) -> None:
         self.cfg = cfg
+        self.publish = publish  # False: no broker (the demo without one); events still queued
         self.stop_event = threading.Event()
         self.health = Health()
         self.notifier = Notifier()
-        self.pipeline = pipeline or build_pipeline(cfg)
+        self.pipeline = pipeline or pipeline_from(cfg)
         self.model_info = self.pipeline.classifier.info.summary()
-        outbox, error = open_outbox(cfg)
-        self.health.outbox_error = error
-        self.publisher = Publisher(cfg, outbox, mqtt_password(cfg))
-        self.base = topic_base(cfg)
-        self.publisher.on_connected.append(self._announce)
-        if cfg["homeassistant"]["enabled"]:
-            prefix = cfg["homeassistant"]["discovery_prefix"]
-            self.publisher.subscribe(f"{prefix}/status", self._on_ha_status)
+        self.topics = Topics.of(cfg)
+        self.outbox = ResilientOutbox(cfg.outbox.path or ":memory:", cfg.outbox.max_events,
+                                      cfg.outbox.max_bytes)
+        self.publisher = Publisher(cfg, self.outbox, mqtt_password(cfg))
+        self.announcer = Announcer(cfg.homeassistant, cfg.device_id or "", self.topics,
+                                   self.pipeline.classifier.labels, self.model_info["name"],
+                                   self.publisher)
+        self.publisher.on_connected.append(self.announcer.on_connect)
+        if cfg.homeassistant.enabled:
+            self.publisher.subscribe(self.topics.ha_status, self.announcer.on_ha_status)
         self.http = None
+        if cfg.http.enabled:
+            from .http import HttpEndpoint
+
+            self.http = HttpEndpoint(cfg, self)
+        self.on_event: list[Callable[[dict], None]] = []  # extra listeners (the demo)
+        self.latest_frame: Frame | None = None
         self._context: EventContext | None = None
         self._clock_offset = 0.0
         self._last_stats = time.monotonic()
-        self._last_stats_frames = 0
-        self.latest_frame = None
 
-    # --- announcements -----------------------------------------------------------------
-    def _announce(self) -> None:
-        if not self.cfg["homeassistant"]["enabled"]:
-            return
-        for topic, payload in discovery_messages(self.cfg, self.base,
-                                                 self.pipeline.classifier.labels,
-                                                 self.model_info["name"]):
-            self.publisher.publish_now(topic, payload, qos=1, retain=True)
-        self._publish_counts()
-
-    def _on_ha_status(self, payload: bytes) -> None:
-        if is_birth(payload):
-            log.info("Home Assistant is online: announcing discovery again")
-            self._announce()
-
-    def _publish_counts(self) -> None:
-        counts = {label: self.health.people.get(label, 0)
-                  for label in self.pipeline.classifier.labels}
-        self.publisher.publish_now(f"{self.base}/counts", json.dumps(counts), qos=1,
-                                   retain=True)
-
-    # --- status ------------------------------------------------------------------------
+    # --- what the HTTP endpoint and systemd see --------------------------------------
     def status_text(self) -> str:
-        if self.health.source == "lost":
-            return "source_lost"
-        if self.health.outbox_error:
-            return "degraded"
-        return "online"
-
-    def _update_status(self) -> None:
-        status = self.status_text()
-        self.publisher.set_status(status)
-        detail = self.health.source_error or self.health.outbox_error or ""
-        self.notifier.status(f"{status}: {detail}" if detail else
-                             f"{status}; {self.pipeline.stats.frames} frames, "
-                             f"outbox {self.publisher.outbox.depth()}")
+        return self.health.status(self.outbox)
 
     def stats(self) -> dict:
-        now = time.monotonic()
-        frames = self.pipeline.stats.frames
-        elapsed = max(1e-6, now - self._last_stats)
-        s = self.pipeline.stats
-        return {
-            "ts": time.time(),
-            "uptime_s": round(time.time() - self.health.started, 1),
-            "fps": round((frames - self._last_stats_frames) / elapsed, 2),
-            "frames": frames,
-            "detections": s.detections,
-            "faces": s.faces,
-            "classified": s.classified,
-            "people": dict(self.health.people),
-            "events": dict(self.health.events),
-            "published": self.publisher.published,
-            "outbox_depth": self.publisher.outbox.depth(),
-            "outbox_dropped": self.publisher.outbox.dropped(),
-            "outbox_error": self.health.outbox_error,
-            "source": self.health.source,
-            "source_error": self.health.source_error,
-            "broker_connected": self.publisher.connected.is_set(),
-            "broker_error": self.publisher.last_error,
-            "status": self.status_text(),
-        }
+        return self.health.stats(self.pipeline.stats, self.publisher, self.outbox)
 
     def health_report(self) -> tuple[bool, dict]:
-        """(healthy, details): healthy when the source delivers and the broker is connected."""
-        source_ok = self.health.source == "ok"
-        broker_ok = self.publisher.connected.is_set()
-        return source_ok and broker_ok, {
-            "status": self.status_text(), "source": self.health.source,
-            "source_error": self.health.source_error, "broker_connected": broker_ok,
-            "broker_error": self.publisher.last_error, "outbox_error": self.health.outbox_error,
-        }
+        return self.health.report(self.publisher, self.outbox)
 
     def snapshot_jpeg(self) -> bytes | None:
         """The latest frame with the latest boxes, as JPEG (None before the first frame)."""
@@ -186,161 +94,134 @@ class Agent:
 
     def make_predictor(self):
         """A separate detector and classifier for HTTP requests (interpreters aren't shared)."""
-        fresh = build_pipeline(self.cfg)
+        fresh = pipeline_from(self.cfg)
         return fresh.detector, fresh.classifier
 
-    def _maybe_stats(self) -> None:
+    def _update_status(self) -> None:
+        status = self.status_text()
+        self.publisher.set_status(status)
+        detail = self.health.source_error or self.outbox.error or ""
+        self.notifier.status(f"{status}: {detail}" if detail else
+                             f"{status}; {self.pipeline.stats.frames} frames, "
+                             f"outbox {self.outbox.depth()}")
+
+    def _tick(self) -> None:
+        """Housekeeping between frames: watchdog, outbox recovery, periodic stats."""
+        self.notifier.watchdog()
+        was_degraded = self.outbox.degraded
+        if was_degraded and self.outbox.maintain():
+            self._update_status()
         now = time.monotonic()
-        if now - self._last_stats < self.cfg["mqtt"]["stats_interval_s"]:
-            return
-        payload = self.stats()
-        self._last_stats, self._last_stats_frames = now, self.pipeline.stats.frames
-        self.publisher.publish_now(f"{self.base}/stats", json.dumps(payload))
+        if now - self._last_stats >= self.cfg.mqtt.stats_interval_s:
+            self._last_stats = now
+            self.publisher.publish_now(self.topics.stats, json.dumps(self.stats()))
 
     # --- events ------------------------------------------------------------------------
-    def _wall(self, ts: float) -> float:
-        return ts + self._clock_offset
-
     def _emit(self, transition: Transition) -> None:
         assert self._context is not None
         track = transition.track
-        event = build_event(transition, self._context, self._wall(track.last_seen),
-                            self._wall(track.first_seen))
+        event = build_event(transition, self._context, track.last_seen + self._clock_offset,
+                            track.first_seen + self._clock_offset)
+        was_degraded = self.outbox.degraded
+        self.publisher.queue(self.topics.events, encode(event))
+        if transition.kind in ("new", "update") and event["label"] == NO_MASK:
+            self.publisher.queue(self.topics.unmasked, "ON")
+        if self.outbox.degraded != was_degraded:
+            self._update_status()
         self.health.events[transition.kind] += 1
         if transition.kind == "new":
             self.health.people[event["label"]] += 1
-        if transition.kind in ("new", "update") and event["label"] == "without_mask":
-            self.publisher.publish_now(f"{self.base}/unmasked", "ON", qos=1)
-        payload = encode(event)
-        try:
-            self.publisher.publish_event(payload)
-        except StateError as exc:
-            self._fall_back_to_memory(str(exc))
-            self.publisher.publish_event(payload)
-        if transition.kind == "new":
-            self._publish_counts()
-        log.debug("event %s %s track %s", event["type"], event["label"], event["track_id"])
-
-    def _fall_back_to_memory(self, reason: str) -> None:
-        """Disk full or state dir broken: keep going with a bounded memory outbox."""
-        log.error("%s; keeping new events in memory", reason)
-        self.health.outbox_error = reason
-        o = self.cfg["outbox"]
-        self.publisher.outbox = MemoryOutbox(o["max_events"], o["max_bytes"])
-        self._update_status()
-
-    # --- the loop ----------------------------------------------------------------------
-    def _open(self, uri: str) -> Source | None:
-        s = self.cfg["source"]
-        try:
-            source = open_source(uri, realtime=s["realtime"], loop=s["loop"],
-                                 width=s["width"], height=s["height"])
-        except SourceError as exc:
-            self._source_lost(str(exc))
-            return None
-        self.health.source, self.health.source_error = "ok", None
-        self._clock_offset = time.time() - (time.monotonic() if source.live else 0.0)
-        self._update_status()
-        log.info("reading frames from %s", source.description)
-        return source
-
-    def _source_lost(self, reason: str) -> None:
-        if self.health.source != "lost":
-            log.warning("source lost: %s", reason)
-        self.health.source, self.health.source_error = "lost", reason
-        self._update_status()
-
-    def _backoff(self, delay: float) -> float:
-        """Wait (interruptibly, still pinging the watchdog) and return the next delay."""
-        deadline = time.monotonic() + delay
-        while not self.stop_event.is_set() and time.monotonic() < deadline:
-            self.notifier.watchdog()
-            self._maybe_stats()
-            self.stop_event.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-        return min(delay * 2, self.cfg["source"]["retry_max_s"])
+            self.announcer.publish_counts(self.health.people)
+        log.info("person #%d %s: %s (%.2f)", event["track_id"], event["type"], event["label"],
+                 event["confidence"])
+        for listener in self.on_event:
+            listener(event)
 
     def _end_tracks(self, ts: float) -> None:
         for transition in self.pipeline.finish(ts):
             self._emit(transition)
 
+    # --- the loop ----------------------------------------------------------------------
+    def _on_source(self, state: str, source: Source | None, reason: str | None) -> None:
+        if state == "ok" and source is not None:
+            self._clock_offset = time.time() - (time.monotonic() if source.live else 0.0)
+        if state in ("lost", "ended") and self._context is not None:
+            self._end_tracks(self._last_ts)
+        if state == "lost" and self.health.source != "lost":
+            log.warning("source lost: %s", reason)
+        self.health.source, self.health.source_error = state, reason
+        self._update_status()
+
     def run(self, source_uri: str | None = None, until_eof: bool = False) -> int:
-        """Process frames until stopped (or the source ends, with until_eof)."""
-        uri = source_uri or str(self.cfg["source"]["uri"])
-        self.publisher.start()
+        """Process frames until stopped (or the source ends, with until_eof); returns the
+        exit code. SourceError when the source cannot be opened at start."""
+        uri = source_uri or self.cfg.source.uri
+        quiet_opencv()
+        self._last_ts = 0.0
+        frames = Reopener(uri, self.cfg.source, self.stop_event, self._on_source, self._tick,
+                          until_eof=until_eof)
+        frames.open_first()
+        if self.publish:
+            self.publisher.start()
         if self.http is not None:
             self.http.start()
-        source = self._open(uri)
         self.notifier.ready(f"{self.status_text()}; source {describe(uri)}")
-        delay = self.cfg["source"]["retry_initial_s"]
-        last_ts = 0.0
+        started = time.monotonic()
         try:
-            while not self.stop_event.is_set():
-                self.notifier.watchdog()
-                self._maybe_stats()
-                if source is None:
-                    delay = self._backoff(delay)
-                    if not self.stop_event.is_set():
-                        source = self._open(uri)
-                    continue
-                try:
-                    frame = source.read()
-                except SourceError as exc:
-                    frame, error = None, str(exc)
-                else:
-                    error = None
+            while True:
+                self._tick()
+                frame = frames.next_frame()
                 if frame is None:
-                    source.close()
-                    source = None
-                    self._end_tracks(last_ts + 3600)
-                    if error is None and until_eof:
-                        self.health.source = "ended"
-                        break
-                    self._source_lost(error or f"{describe(uri)} ended")
-                    continue
-                delay = self.cfg["source"]["retry_initial_s"]
+                    break
                 if self._context is None:
                     h, w = frame.image.shape[:2]
-                    self._context = EventContext(self.cfg["device_id"], self.model_info, (w, h))
-                last_ts = frame.ts
+                    self._context = EventContext(self.cfg.device_id or "", self.model_info,
+                                                 (w, h))
+                self._last_ts = frame.ts
                 self.latest_frame = frame
                 for transition in self.pipeline.process(frame):
                     self._emit(transition)
         finally:
-            self._shutdown(source, last_ts, until_eof)
-        return 0
+            frames.close()
+            code = self._shutdown(until_eof, time.monotonic() - started)
+        return code
 
-    def _shutdown(self, source: Source | None, last_ts: float, until_eof: bool) -> None:
+    def _shutdown(self, until_eof: bool, seconds: float) -> int:
         self.notifier.stopping()
-        if source is not None:
-            source.close()
         if self._context is not None:
-            self._end_tracks(last_ts + 3600)
-        drain = UNTIL_EOF_DRAIN_S if until_eof and not self.stop_event.is_set() else STOP_DRAIN_S
-        self.publisher.publish_now(f"{self.base}/stats", json.dumps(self.stats()))
-        left = self.publisher.stop(drain_timeout_s=drain)
+            self._end_tracks(self._last_ts)
+        left = 0
+        if self.publish:
+            self.publisher.publish_now(self.topics.stats, json.dumps(self.stats()))
+            drain = STOP_DRAIN_S
+            if until_eof and not self.stop_event.is_set():
+                drain = UNTIL_EOF_DRAIN_S if self.publisher.ever_connected else \
+                    NEVER_CONNECTED_DRAIN_S
+            left = self.publisher.stop(drain_timeout_s=drain)
         if self.http is not None:
             self.http.stop()
-        if left:
-            log.warning("%d events not yet acknowledged stay in the outbox %s for the next "
-                        "start", left, self.publisher.outbox.path)
-        log.info("stopped after %d frames", self.pipeline.stats.frames)
+        self.outbox.maintain()
+        self._log_summary(seconds)
+        return self._exit_code(left, until_eof)
 
-    def install_signal_handlers(self) -> None:
-        def stop(signum, _frame):
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            self.stop_event.set()
+    def _log_summary(self, seconds: float) -> None:
+        s = self.pipeline.stats
+        people = ", ".join(f"{k} {v}" for k, v in sorted(self.health.people.items())) or "none"
+        events = ", ".join(f"{k} {v}" for k, v in sorted(self.health.events.items())) or "none"
+        log.info("stopped after %d frames (%.1f fps): people %s; events %s", s.frames,
+                 s.frames / max(seconds, 1e-6), people, events)
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-
-
-def state_dir_ready(path: str) -> str | None:
-    """None when the state directory is writable, else why not."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        probe = Path(path) / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        return f"state directory {path} is not writable: {exc.strerror}"
-    return None
+    def _exit_code(self, left: int, until_eof: bool) -> int:
+        """74 when the outbox could not be written (events only in memory are lost now),
+        75 when --until-eof leaves events undelivered, else 0."""
+        if self.outbox.degraded:
+            log.error("the event outbox %s could not be written (%s); %d events that existed "
+                      "only in memory are lost", self.outbox.path, self.outbox.error,
+                      self.outbox.in_memory())
+            return EXIT_IOERR
+        if left and self.publish:
+            log.warning("%d events not yet delivered stay in the outbox %s for the next start",
+                        left, self.outbox.path)
+            if until_eof:
+                return EXIT_TEMPFAIL
+        return EXIT_OK

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 
 
@@ -86,3 +88,15 @@ def setup_logging(level: str) -> None:
             "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     logging.getLogger("maskwatch").setLevel(level)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM (systemd stop) and SIGINT (Ctrl-C) set `stop`: the loop ends cleanly."""
+
+    def handler(signum, _frame) -> None:
+        logging.getLogger("maskwatch").info("received %s: stopping",
+                                            signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

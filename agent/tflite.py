@@ -7,7 +7,11 @@ LiteRT is tried first. TensorFlow's own interpreter is the last resort (workstat
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,25 @@ def interpreter_class() -> tuple[str, Any]:
     raise ModelError("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)")
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence C++ writes to fd 2 for a moment: the runtime prints `INFO: Created TensorFlow
+    Lite XNNPACK delegate for CPU.` on every load, and no setting turns it off."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def load_interpreter(path: str | Path, num_threads: int = 1) -> Any:
     """An allocated interpreter for `path`; a missing or corrupt file is a ModelError."""
     path = Path(path)
@@ -34,8 +57,9 @@ def load_interpreter(path: str | Path, num_threads: int = 1) -> Any:
         raise ModelError(f"model file not found: {path}")
     _, interpreter_cls = interpreter_class()
     try:
-        interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with native_stderr_silenced():
+            interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load TFLite model {path}: {first_line}") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from .config import TrackConfig
 from .preprocess import Box
 
 RECHECK_EVERY = 3  # a decided track is classified again every Nth detection (label changes)
@@ -32,14 +33,6 @@ def best_match(box: Box, candidates: list[Box], min_iou: float = 0.3) -> int | N
     """Index of the candidate overlapping `box` most, if that overlap reaches min_iou."""
     best = max(range(len(candidates)), key=lambda i: iou(box, candidates[i]), default=None)
     return best if best is not None and iou(box, candidates[best]) >= min_iou else None
-
-
-@dataclass(frozen=True)
-class VoteRules:
-    min_votes: int = 3
-    agreement: float = 0.6
-    window: int = 9
-    update_votes: int = 5
 
 
 @dataclass
@@ -73,11 +66,12 @@ class Transition:
 
 
 class Tracker:
-    def __init__(self, iou_threshold: float = 0.3, max_missed_s: float = 1.5,
-                 rules: VoteRules | None = None) -> None:
-        self.iou_threshold = iou_threshold
-        self.max_missed_s = max_missed_s
-        self.rules = rules or VoteRules()
+    """Follows faces across detections; its rules are the config's `track` section."""
+
+    def __init__(self, rules: TrackConfig) -> None:
+        self.iou_threshold = rules.iou_threshold
+        self.max_missed_s = rules.max_missed_s
+        self.rules = rules
         self.tracks: list[Track] = []
         self._next_id = 1
 

@@ -15,10 +15,11 @@ import time
 from collections import Counter, defaultdict
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from .config import mqtt_password
+from .config import Config, mqtt_password
 from .errors import BrokerError
+from .mqtt_client import make_client
+from .topics import all_devices
 
 log = logging.getLogger("maskwatch.watch")
 MAX_PAYLOAD = 64 * 1024
@@ -34,28 +35,21 @@ def parse_event(payload: bytes) -> dict:
     return event
 
 
-def connect(cfg: dict, on_message) -> mqtt.Client:
-    m = cfg["mqtt"]
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{m['client_id']}-watch")
-    if m["username"]:
-        client.username_pw_set(m["username"], mqtt_password(cfg))
-    if m["tls"]["enabled"]:
-        client.tls_set(ca_certs=m["tls"]["ca_file"], certfile=m["tls"]["cert_file"],
-                       keyfile=m["tls"]["key_file"], cert_reqs=ssl.CERT_REQUIRED)
-        client.tls_insecure_set(m["tls"]["insecure"])
-    prefix = m["topic_prefix"]
-    client.on_connect = lambda c, *a: (c.subscribe(f"{prefix}/+/events", qos=1),
-                                       c.subscribe(f"{prefix}/+/status", qos=1))
+def connect(cfg: Config, on_message) -> mqtt.Client:
+    m = cfg.mqtt
+    client = make_client(m, f"{m.client_id}-watch", mqtt_password(cfg), persistent_session=False)
+    client.on_connect = lambda c, *a: (
+        c.subscribe(all_devices(m.topic_prefix, "events"), qos=1),
+        c.subscribe(all_devices(m.topic_prefix, "status"), qos=1))
     client.on_message = on_message
     try:
-        client.connect(m["host"], m["port"], m["keepalive"])
+        client.connect(m.host, m.port, m.keepalive)
     except (OSError, ssl.SSLError) as exc:
-        raise BrokerError(f"cannot connect to MQTT broker {m['host']}:{m['port']}: "
-                          f"{exc}") from None
+        raise BrokerError(f"cannot connect to MQTT broker {m.host}:{m.port}: {exc}") from None
     return client
 
 
-def watch(cfg: dict, count: int = 0, timeout: float = 0, as_json: bool = False) -> int:
+def watch(cfg: Config, count: int = 0, timeout: float = 0, as_json: bool = False) -> int:
     inbox: queue.Queue = queue.Queue()
     client = connect(cfg, lambda c, u, msg: inbox.put((msg.topic, msg.payload)))
     client.loop_start()

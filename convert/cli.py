@@ -32,7 +32,7 @@ def add_train(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--detector-model", help="YuNet ONNX to crop faces as the agent does "
-                   "(default: the agent's fetched model; 'none' uses whole photos)")
+                   "(default: the YuNet bundled with the agent; 'none' uses whole photos)")
     p.add_argument("--cache", type=Path, help="folder caching face boxes between runs")
     p.add_argument("--no-mask-recall", type=float, default=0.98,
                    help="no-mask recall the operating threshold keeps on validation")
@@ -48,13 +48,9 @@ def run_train(args) -> int:
 
     detector_model = args.detector_model
     if detector_model is None:
-        from agent.models import default_detector_model_path
+        from maskwatch.agent.models import bundled_model_path
 
-        found = default_detector_model_path("yunet")
-        detector_model = str(found) if found else None
-        if detector_model is None:
-            raise ConvertError("YuNet model not found: pass --detector-model PATH "
-                               "(or 'none'), or run: mask-agent models fetch")
+        detector_model = str(bundled_model_path("yunet"))  # the agent's own
     elif detector_model == "none":
         detector_model = None
     elif not Path(detector_model).is_file():
@@ -86,15 +82,20 @@ def add_evaluate(sub) -> None:
     p.add_argument("--threshold", type=float, help="override the no-mask threshold")
     p.add_argument("--argmax", action="store_true", help="ignore the no-mask threshold")
     p.add_argument("--detector-model", help="VOC: crop around YuNet's matching box (what the "
-                   "device sees) instead of the annotated box")
+                   "device sees) instead of the annotated box; 'bundled' for the agent's own")
 
 
 def run_evaluate(args) -> int:
     from .evaluate import evaluate
 
+    detector_model = args.detector_model
+    if detector_model == "bundled":
+        from maskwatch.agent.models import bundled_model_path
+
+        detector_model = str(bundled_model_path("yunet"))
     evaluate(args.model, args.data, json_path=args.json, plots=args.plots, scale=args.margin,
              min_face=args.min_face, threshold=args.threshold, use_argmax=args.argmax,
-             detector_model=args.detector_model)
+             detector_model=detector_model)
     return 0
 
 

@@ -14,10 +14,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maskwatch.agent.decision import INCORRECT, MASK, NO_MASK
+
 from .errors import ConvertError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-CLASS_ORDER = ("with_mask", "without_mask", "mask_weared_incorrect")
+CLASS_ORDER = (MASK, NO_MASK, INCORRECT)
 
 
 @dataclass(frozen=True)

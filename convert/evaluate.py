@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.decision import decide_all
-from agent.errors import InputError
-from agent.preprocess import CropSpec, face_input, whole_image_box
-from agent.track import best_match
-from agent.voc import is_voc, read_voc
+from maskwatch.agent.decision import MASK, NO_MASK, decide_all
+from maskwatch.agent.errors import InputError
+from maskwatch.agent.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.track import best_match
+from maskwatch.agent.voc import is_voc, read_voc
 
 from .dataset import scan
 from .errors import ConvertError
@@ -39,7 +39,7 @@ class KerasScorer:
         except (OSError, ValueError) as exc:
             raise ConvertError(f"cannot load Keras model {model_file}: {exc}") from None
         size = int(self.model.input_shape[1])
-        self.labels = report.get("labels") or ["with_mask", "without_mask"]
+        self.labels = report.get("labels") or [MASK, NO_MASK]
         self.crop = CropSpec(size=size, scale=float(report.get("crop", {}).get("scale", 1.2)))
         self.threshold = report.get("no_mask_threshold")
         self.name = str(model_file)
@@ -50,7 +50,7 @@ class KerasScorer:
 
 class BundleScorer:
     def __init__(self, path: Path):
-        from agent.classify import Classifier
+        from maskwatch.agent.classify import Classifier
 
         self.classifier = Classifier(path)
         self.labels = self.classifier.labels
@@ -158,13 +158,13 @@ def evaluate(model: str, data: list[str], json_path: Path | None = None,
     scorer = load_scorer(model)
     detector = None
     if detector_model:
-        from agent.detect import create_detector
-        from agent.errors import ModelError
+        from maskwatch.agent.config import DetectConfig
+        from maskwatch.agent.errors import ModelError
+        from maskwatch.agent.factory import detector_from
 
         try:
-            # the agent's default detector settings (config.yaml: detect.*)
-            detector = create_detector("yunet", detector_model, max_side=320, min_face=8,
-                                       score_threshold=0.5)
+            # exactly the agent's default detector settings (config.yaml: detect.*)
+            detector = detector_from(DetectConfig(detector="yunet", model=detector_model))
         except ModelError as exc:
             raise ConvertError(str(exc)) from None
     if use_argmax:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.classify import BUNDLE_FORMAT, Classifier
-from agent.decision import decide_all
-from agent.models import sha256_file
-from agent.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.classify import BUNDLE_FORMAT, Classifier
+from maskwatch.agent.decision import decide_all
+from maskwatch.agent.models import sha256_file
+from maskwatch.agent.preprocess import CropSpec, face_input, whole_image_box
 
 from .augment import augmented_input
 from .dataset import scan

@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.detect import Detector
-from agent.preprocess import Box
+from maskwatch.agent.detect import Detector
+from maskwatch.agent.preprocess import Box
 
 PAD_FRACTION = 0.35  # context added around a photo before detection, per side
 MIN_FACE_FRACTION = 0.08  # smaller detections are background faces, not the subject

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-BINARY = ("with_mask", "without_mask")
+from maskwatch.agent.decision import MASK, NO_MASK
+
+BINARY = (MASK, NO_MASK)
 
 
 def classification_report(y_true: list[int] | np.ndarray, y_pred: list[int] | np.ndarray,
@@ -49,7 +51,7 @@ def binary_view(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> di
     """Mask vs no mask report (None when the labels lack either class)."""
     if not set(BINARY) <= set(labels):
         return None
-    mask, no_mask = labels.index("with_mask"), labels.index("without_mask")
+    mask, no_mask = labels.index(MASK), labels.index(NO_MASK)
     y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
     keep = np.isin(y_true, [mask, no_mask])
     t = (y_true[keep] == no_mask).astype(int)
@@ -72,7 +74,7 @@ def format_report(name: str, report: dict) -> str:
                      f"F1={m['f1']:.3f} n={m['support']}")
     binary = report.get("mask_vs_no_mask")
     if binary and binary["n"]:
-        nm = binary["per_class"]["without_mask"]
+        nm = binary["per_class"][NO_MASK]
         lines.append(f"  mask vs no mask: balanced={binary['balanced_accuracy']:.4f} "
                      f"no-mask recall={nm['recall']:.4f} n={binary['n']}")
     return "\n".join(lines)

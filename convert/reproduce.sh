@@ -37,17 +37,17 @@ for row in "${CANDIDATES[@]}"; do
   if [ -n "${ONLY:-}" ] && [ "$name" != "$ONLY" ]; then continue; fi
   echo "== $name"
   # shellcheck disable=SC2086
-  [ -f "runs/$name/model.keras" ] || $PY -m convert train "${TRAIN[@]}" --out "runs/$name" \
+  [ -f "runs/$name/model.keras" ] || $PY -m maskwatch.convert train "${TRAIN[@]}" --out "runs/$name" \
       --alpha "$alpha" --size "$size" --weights "${W}_${alpha}_224_no_top.h5" "${COMMON[@]}" $extra
-  $PY -m convert export "runs/$name" --out "runs/$name/bundle" --name "maskwatch-$name" \
+  $PY -m maskwatch.convert export "runs/$name" --out "runs/$name/bundle" --name "maskwatch-$name" \
       --max-drop 100
-  $PY -m convert evaluate "runs/$name/bundle" "$DEV" --min-face 32 \
+  $PY -m maskwatch.convert evaluate "runs/$name/bundle" "$DEV" --min-face 32 \
       --json "runs/$name/dev_annotated_boxes.json"
-  $PY -m convert evaluate "runs/$name/bundle" "$DEV" --min-face 32 --detector-model "$YUNET" \
+  $PY -m maskwatch.convert evaluate "runs/$name/bundle" "$DEV" --min-face 32 --detector-model "$YUNET" \
       --json "runs/$name/dev_detector_boxes.json"
 done
-$PY -m agent bench-classify runs/*/bundle --out bench/classifier.json
-$PY -m convert.summary runs/*/ | tee bench/model_table.md
+$PY -m maskwatch.agent bench-classify runs/*/bundle --out bench/classifier.json
+$PY -m maskwatch.convert.summary runs/*/ | tee bench/model_table.md
 if [ "${SHIP:-0}" = 1 ]; then
   cp "runs/$DEFAULT/bundle/classifier.tflite" "runs/$DEFAULT/bundle/model.json" agent/default_model/
   echo "shipped runs/$DEFAULT as agent/default_model"

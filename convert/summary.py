@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from maskwatch.agent.decision import NO_MASK
+
 
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -24,7 +26,7 @@ def _binary(evaluation: dict | None, bucket: str | None = None) -> tuple[str, st
     binary = report and report.get("mask_vs_no_mask")
     if not binary:
         return "–", "–"
-    recall = binary["per_class"]["without_mask"]["recall"]
+    recall = binary["per_class"][NO_MASK]["recall"]
     return f"{100 * binary['balanced_accuracy']:.1f}", f"{100 * recall:.1f}"
 
 

@@ -20,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.decision import NO_MASK, decide_all
-from agent.detect import create_detector
-from agent.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.config import DetectConfig
+from maskwatch.agent.decision import NO_MASK, decide_all
+from maskwatch.agent.factory import detector_from
+from maskwatch.agent.preprocess import CropSpec, face_input, whole_image_box
 
 from .augment import augmented_input
 from .dataset import Sample, scan, stratified_split
 from .errors import ConvertError
 from .faces import FaceBoxCache, read_image
 from .metrics import format_report, full_report, plot_confusion
+from .model import build_backbone, build_model, features, unfreeze_top
 
-SUPPORTED_SIZES = (96, 128, 160, 192, 224)
 HARD_COPIES = 2  # augmented copies of each validation photo for the operating point
 
 
@@ -68,35 +69,11 @@ def check_output_dir(out: Path) -> None:
         raise ConvertError(f"output folder {out} is not writable: {exc.strerror}") from None
 
 
-def build_backbone(alpha: float, size: int, weights: str):
-    """MobileNetV2 without top, pooled; a wrong-alpha or corrupt weights file is an error."""
-    import keras
-
-    if size not in SUPPORTED_SIZES:
-        raise ConvertError(f"--size must be one of {SUPPORTED_SIZES}, got {size}")
-    if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise ConvertError(f"weights file not found: {weights}")
-    try:
-        return keras.applications.MobileNetV2(
-            input_shape=(size, size, 3), alpha=alpha, include_top=False, pooling="avg",
-            weights=None if weights == "none" else weights)
-    except (ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConvertError(
-            f"cannot load backbone weights {weights} for alpha={alpha}: {first}") from None
-
-
-def build_model(backbone, n_classes: int, dropout: float = 0.2):
-    """Pixels (0..255 RGB) -> [-1, 1] -> backbone -> dropout -> softmax."""
-    import keras
-
-    size = backbone.input_shape[1]
-    inputs = keras.Input((size, size, 3), name="pixels")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(inputs)
-    x = backbone(x, training=False)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="scores")(x)
-    return keras.Model(inputs, outputs, name="maskwatch_classifier")
+def training_detector(model: str) -> DetectConfig:
+    """The agent's detector settings (config `detect.*`) with two changes for training
+    photos: they are mostly close-up crops, padded before detection, so YuNet looks at 640 px
+    (not 320) and keeps faces down to 8 px (the subject filter in faces.py decides)."""
+    return DetectConfig(detector="yunet", model=model, max_side=640, min_face=8)
 
 
 class FaceCropper:
@@ -104,8 +81,8 @@ class FaceCropper:
 
     def __init__(self, spec: CropSpec, detector_model: str | None, cache_dir: Path | None):
         self.spec = spec
-        self.detector = (create_detector("yunet", detector_model, max_side=640, min_face=8,
-                                         score_threshold=0.5) if detector_model else None)
+        self.detector = (detector_from(training_detector(detector_model))
+                         if detector_model else None)
         cache_path = cache_dir / "face_boxes.json" if cache_dir else None
         self.cache = FaceBoxCache(cache_path)
         self.unreadable: list[str] = []
@@ -147,16 +124,6 @@ def crops_for(samples: list[Sample], cropper: FaceCropper, copies: int, seed: in
         augmented.extend(augmented_input(image, box, cropper.spec, rng, small_face_p)
                          for _ in range(copies))
     return clean, augmented, kept
-
-
-def features(backbone, crops: list[np.ndarray], batch: int = 128) -> np.ndarray:
-    """Pooled backbone features of RGB uint8 crops (normalised as the model does)."""
-    out = []
-    for start in range(0, len(crops), batch):
-        x = np.stack(crops[start:start + batch]).astype(np.float32) / 127.5 - 1.0
-        out.append(backbone.predict_on_batch(x))
-    width = backbone.output_shape[-1]
-    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
 
 def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
@@ -338,12 +305,7 @@ def fine_tune(model, backbone, opts: TrainOptions, train_set, train_kept, y_trai
     """Stage two: unfreeze the top `opts.fine_tune` backbone layers (BatchNorm stays frozen)."""
     import keras
 
-    backbone.trainable = True
-    for layer in backbone.layers[:-opts.fine_tune]:
-        layer.trainable = False
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+    unfreeze_top(backbone, opts.fine_tune)
     model.compile(optimizer=keras.optimizers.Adam(opts.fine_tune_lr),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     kept = [train_set[i] for i in train_kept]

@@ -3,7 +3,7 @@
 # again to upgrade; an existing /etc/maskwatch/config.yaml is never overwritten.
 #
 #   sudo deploy/install.sh                       # install and start the service
-#   sudo deploy/install.sh --models-from DIR     # offline: copy detector models from DIR
+#   sudo deploy/install.sh --models-from DIR     # also copy the optional BlazeFace models
 #   sudo deploy/install.sh --uninstall [--purge] # remove (--purge: config and state too)
 #   deploy/install.sh --root /tmp/r --no-apt --no-systemctl   # lay files into a temp root
 set -euo pipefail
@@ -88,12 +88,11 @@ else
 fi
 "$VENV/bin/mask-agent" check-config "$ETC/config.yaml" --set "state_dir=$STATE" >/dev/null
 
-echo "== detector models $STATE/models"
 mkdir -p "$STATE"
+# The default detector (YuNet) and classifier ship inside the package: nothing to fetch.
 if [ -n "$MODELS_FROM" ]; then
+  echo "== optional detector models $STATE/models"
   "$VENV/bin/mask-agent" models fetch --dest "$STATE/models" --from "$MODELS_FROM"
-else
-  "$VENV/bin/mask-agent" models fetch --dest "$STATE/models"
 fi
 if [ "$USERADD" = 1 ]; then
   chown -R maskwatch:maskwatch "$STATE"

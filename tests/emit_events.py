@@ -11,9 +11,9 @@ import json
 import time
 import uuid
 
-from agent.config import load, mqtt_password
-from agent.outbox import Outbox
-from agent.publish import Publisher
+from maskwatch.agent.config import load, mqtt_password
+from maskwatch.agent.outbox import ResilientOutbox
+from maskwatch.agent.publish import Publisher
 
 
 def main() -> None:
@@ -28,10 +28,11 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load(None, [f"mqtt.port={args.port}", "mqtt.host=127.0.0.1", "device_id=emitter",
                       "mqtt.reconnect_min_s=0.2", "mqtt.reconnect_max_s=1"])
-    publisher = Publisher(cfg, Outbox(args.outbox), mqtt_password(cfg))
+    publisher = Publisher(cfg, ResilientOutbox(args.outbox), mqtt_password(cfg))
     publisher.start()
     for n in range(args.start, args.start + args.count):
-        publisher.publish_event(json.dumps({"id": str(uuid.uuid4()), "n": n}).encode())
+        event = json.dumps({"id": str(uuid.uuid4()), "n": n}).encode()
+        publisher.queue(publisher.topics.events, event)
         print(n, flush=True)
         if args.delay:
             time.sleep(args.delay)

@@ -7,7 +7,7 @@ import subprocess
 
 import jsonschema
 
-from agent.events import load_schema
+from maskwatch.agent.events import load_schema
 
 from .conftest import agent_command
 from .mqtt_helpers import Collector
@@ -29,8 +29,8 @@ def test_street_video_delivers_schema_valid_events(broker, state_dir, street_vid
                            "--set", f"detect.model={state_dir}/models/"
                            "face_detection_yunet_2023mar.onnx")
         assert result.returncode == 0, result.stderr
-        events = [json.loads(p) for p in collector.on("/events")]
         assert collector.wait_for(lambda: collector.on("/status")[-1:] == [b"offline"], 10)
+        events = [json.loads(p) for p in collector.on("/events")]
     finally:
         collector.close()
     validator = jsonschema.Draft202012Validator(load_schema())

@@ -8,31 +8,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent import config
-from agent.errors import ConfigError
+from maskwatch.agent import config
+from maskwatch.agent.errors import ConfigError
 
 from .conftest import ROOT, agent_command
 
 
 def test_config_yaml_documents_every_default():
     text = (ROOT / "config.yaml").read_text()
-    assert text == config.documented_yaml(), "regenerate: python -m agent.config > config.yaml"
-    assert yaml.safe_load(text) == config.defaults()
+    assert text == config.documented_yaml(), \
+        "regenerate: python -m maskwatch.agent.config > config.yaml"
+    assert yaml.safe_load(text) == config.as_dict(config.defaults())
 
 
 def test_overrides_parse_yaml_scalars():
     cfg = config.load(None, ["mqtt.port=1884", "detect.roi=[0, 0.2, 1, 0.5]",
                              "mqtt.tls.insecure=true", "device_id=door-2"])
-    assert cfg["mqtt"]["port"] == 1884
-    assert cfg["detect"]["roi"] == [0.0, 0.2, 1.0, 0.5]
-    assert cfg["mqtt"]["tls"]["insecure"] is True
-    assert cfg["mqtt"]["client_id"] == "maskwatch-door-2"
+    assert cfg.mqtt.port == 1884
+    assert cfg.detect.roi == (0.0, 0.2, 1.0, 0.5)
+    assert cfg.mqtt.tls.insecure is True
+    assert cfg.mqtt.client_id == "maskwatch-door-2"
 
 
 def test_state_dir_from_systemd(monkeypatch):
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/maskwatch")
     cfg = config.load(None)
-    assert cfg["outbox"]["path"] == "/var/lib/maskwatch/outbox.sqlite3"
+    assert cfg.outbox.path == "/var/lib/maskwatch/outbox.sqlite3"
 
 
 BAD_CONFIGS = [

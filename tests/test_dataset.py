@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.voc import read_voc
-from convert.dataset import scan, stratified_split
-from convert.errors import ConvertError
+from maskwatch.agent.voc import read_voc
+from maskwatch.convert.dataset import scan, stratified_split
+from maskwatch.convert.errors import ConvertError
 
 
 def make_image(path, value):

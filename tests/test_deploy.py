@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import IN_CI, ROOT
+from .conftest import IN_CI, ROOT, need_tool
 
 UNIT = ROOT / "deploy" / "maskwatch.service"
 
@@ -33,7 +33,10 @@ def test_unit_has_the_required_settings():
     assert s["ProtectSystem"] == ["strict"]
     assert "PrivateDevices" not in s  # it would hide the cameras
     assert any(v.startswith("/dev/video") for v in s["DeviceAllow"])
-    assert s["SystemCallFilter"] == ["@system-service"]
+    assert s["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert s["UMask"] == ["0077"] and s["ProtectProc"] == ["invisible"]
+    assert s["MemoryMax"] and s["TasksMax"] and s["LimitNOFILE"]
+    assert "source.wait=true" in s["ExecStart"][0]  # the service waits for its camera
     assert "AF_INET" in s["RestrictAddressFamilies"][0]
 
 
@@ -55,7 +58,11 @@ def test_installer_lays_down_a_working_install(installed):
     unit = root / "etc" / "systemd" / "system" / "maskwatch.service"
     models = root / "var" / "lib" / "maskwatch" / "models"
     assert agent.is_file() and config.is_file() and unit.is_file()
-    assert (models / "face_detection_yunet_2023mar.onnx").is_file()
+    assert not (models / "face_detection_yunet_2023mar.onnx").exists()  # bundled instead
+    assert (models / "face_detection_short_range.tflite").is_file()  # --models-from
+    demo = subprocess.run([str(agent), "demo", "--no-broker"], capture_output=True, text=True,
+                          timeout=120, env={"HOME": str(root), "PATH": "/usr/bin:/bin"})
+    assert demo.returncode == 0 and "people: with_mask" in demo.stdout, demo.stderr
     assert yaml.safe_load(config.read_text())["state_dir"] == "/var/lib/maskwatch"
     assert f"ExecStart={agent} run --config {config}" in unit.read_text()
     # the device install has no TensorFlow
@@ -100,10 +107,22 @@ def test_uninstall_then_purge(installed, tmp_path):
     assert not (copy / "var" / "lib" / "maskwatch").exists()
 
 
+def test_unit_security_exposure_at_most_1_5():
+    analyze = need_tool("systemd-analyze", "apt-get install systemd")
+    result = subprocess.run([analyze, "security", "--offline=true", str(UNIT)],
+                            capture_output=True, text=True, timeout=60)
+    line = [x for x in result.stdout.splitlines() if "Overall exposure level" in x][0]
+    score = float(line.split(":")[1].split()[0])
+    print(f"\nsystemd-analyze security: {score}")
+    assert score <= 1.5, result.stdout[-3000:]
+
+
 def test_container_files_mirror_the_install():
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "USER maskwatch" in dockerfile and "[convert]" not in dockerfile
-    assert "pip install ." in dockerfile and "models fetch" in dockerfile
+    assert "pip install ." in dockerfile and "models fetch" not in dockerfile  # bundled
     compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
     assert {"mosquitto", "maskwatch"} <= set(compose["services"])
+    # the broker is anonymous: reachable from this host only, never from the LAN
+    assert compose["services"]["mosquitto"]["ports"] == ["127.0.0.1:1883:1883"]
     assert "/dev/video0:/dev/video0" in compose["services"]["maskwatch"]["devices"]

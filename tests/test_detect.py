@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import shutil
 import subprocess
 import threading
 
 import cv2
 import pytest
 
-from agent.detect import BlazeFaceDetector, _blazeface_anchors, create_detector
-from agent.errors import ModelError
-from agent.models import DETECTOR_FILES, FetchError, fetch
+from maskwatch.agent.config import DetectConfig
+from maskwatch.agent.detect import BlazeFaceDetector, _blazeface_anchors, create_detector
+from maskwatch.agent.errors import ModelError
+from maskwatch.agent.models import DETECTOR_FILES, OPTIONAL, FetchError, fetch
 
 from .conftest import agent_command
 
@@ -27,33 +29,36 @@ def test_blazeface_anchor_counts():
 def test_detectors_find_the_face(name, state_dir, dev_set):
     image = cv2.imread(str(sorted((dev_set / "images").iterdir())[0]))
     model = None if name == "haar" else state_dir / "models" / DETECTOR_FILES[name].name
-    faces = create_detector(name, model).detect(image)
+    faces = create_detector(DetectConfig(detector=name), model).detect(image)
     assert faces, name
     x, y, w, h = faces[0].box
     assert 60 < x + w / 2 < 220 and 230 < y + h / 2 < 380  # the annotated face is here
 
 
 def test_blazeface_full_range(state_dir, dev_set):
-    det = BlazeFaceDetector(state_dir / "models" / DETECTOR_FILES["blazeface-full"].name)
+    det = BlazeFaceDetector(state_dir / "models" / DETECTOR_FILES["blazeface-full"].name,
+                            min_face=20, score_threshold=0.5)
     assert det.input_size == 192
     image = cv2.imread(str(sorted((dev_set / "images").iterdir())[0]))
     assert det.detect(image)
 
 
-def test_missing_detector_model_says_how_to_fetch(tmp_path):
-    result = subprocess.run(agent_command("detect", "x.jpg", "--set", f"state_dir={tmp_path}"),
+def test_missing_optional_detector_model_says_how_to_fetch(tmp_path):
+    result = subprocess.run(agent_command("detect", "x.jpg", "--detector", "blazeface",
+                                          "--set", f"state_dir={tmp_path}"),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 78
-    assert "mask-agent models fetch" in result.stderr and result.stderr.count("\n") == 1
+    assert "mask-agent models fetch --only blazeface" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_wrong_file_as_model(tmp_path):
     bogus = tmp_path / "yunet.onnx"
     bogus.write_bytes(b"garbage")
     with pytest.raises(ModelError, match="cannot load YuNet"):
-        create_detector("yunet", bogus)
+        create_detector(DetectConfig(detector="yunet"), bogus)
     with pytest.raises(ModelError, match="cannot load TFLite"):
-        create_detector("blazeface", bogus)
+        create_detector(DetectConfig(detector="blazeface"), bogus)
 
 
 def test_detect_cli_json_and_annotate(state_dir, dev_set, tmp_path):
@@ -78,8 +83,13 @@ def test_detect_cli_missing_image(state_dir):
 
 
 def test_fetch_copies_from_folder_and_verifies(shared, tmp_path):
-    paths = fetch(tmp_path / "m", source_dir=shared / "models")
-    assert sorted(p.name for p in paths) == sorted(f.name for f in DETECTOR_FILES.values())
+    paths = fetch(tmp_path / "m", source_dir=shared / "models")  # the optional ones
+    assert sorted(p.name for p in paths) == sorted(DETECTOR_FILES[n].name for n in OPTIONAL)
+    only_one = tmp_path / "one"
+    only_one.mkdir()
+    shutil.copy(shared / "models" / DETECTOR_FILES["blazeface"].name, only_one)
+    assert [p.name for p in fetch(tmp_path / "m1", source_dir=only_one)] == [
+        DETECTOR_FILES["blazeface"].name]  # copies what it finds
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / DETECTOR_FILES["yunet"].name).write_bytes(b"tampered")
@@ -101,10 +111,13 @@ def test_fetch_downloads_over_http(shared, tmp_path):
                                               "--dest", str(tmp_path / "m")),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        assert len(result.stdout.splitlines()) == len(DETECTOR_FILES)
+        assert len(result.stdout.splitlines()) == len(OPTIONAL)
         result = subprocess.run(agent_command("models", "fetch", "--base-url", url + "/nope",
                                               "--dest", str(tmp_path / "n")),
                                 capture_output=True, text=True, timeout=60)
-        assert result.returncode == 69 and "cannot download" in result.stderr
+        assert result.returncode == 69
+        line = result.stderr.strip()
+        assert line.count("\n") == 0 and "cannot download face_detection_short_range" in line
+        assert url + "/nope/" in line and "--from DIR" in line
     finally:
         server.shutdown()

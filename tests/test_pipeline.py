@@ -8,11 +8,12 @@ import types
 
 import numpy as np
 
-from agent.camera import FileSource, PiCameraSource, open_source
-from agent.classify import Classifier
-from agent.detect import Face
-from agent.pipeline import Pipeline, roi_pixels
-from agent.track import Tracker, VoteRules
+from maskwatch.agent.camera import FileSource, PiCameraSource, open_source
+from maskwatch.agent.classify import Classifier
+from maskwatch.agent.config import SourceConfig, TrackConfig
+from maskwatch.agent.detect import Face
+from maskwatch.agent.pipeline import Pipeline, roi_pixels
+from maskwatch.agent.track import Tracker
 
 
 class ScriptedDetector:
@@ -30,7 +31,7 @@ class ScriptedDetector:
 
 def test_detection_rate_cap_and_roi(street_video):
     detector = ScriptedDetector()
-    pipeline = Pipeline(detector, Classifier(), Tracker(rules=VoteRules(min_votes=2)),
+    pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig(min_votes=2)),
                         detect_fps=5.0, roi=[0.5, 0.0, 0.5, 1.0])
     source = FileSource(str(street_video))
     for _ in range(49):  # two seconds of 24.5 fps video
@@ -73,7 +74,7 @@ def test_picamera2_source(monkeypatch):
             pass
 
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
-    source = open_source("picamera2", width=320, height=240)
+    source = open_source("picamera2", SourceConfig(width=320, height=240))
     assert isinstance(source, PiCameraSource) and source.live
     frame = source.read()
     assert frame.image.shape == (240, 320, 3) and frame.index == 0
@@ -83,21 +84,21 @@ def test_picamera2_source(monkeypatch):
 def test_picamera2_missing_is_a_clear_error(monkeypatch):
     import pytest
 
-    from agent.errors import SourceError
+    from maskwatch.agent.errors import SourceError
 
     monkeypatch.setitem(sys.modules, "picamera2", None)
     with pytest.raises(SourceError, match="python3-picamera2"):
-        open_source("picamera2")
+        open_source("picamera2", SourceConfig())
 
 
 def test_unopenable_sources(tmp_path):
     import pytest
 
-    from agent.errors import SourceError
+    from maskwatch.agent.errors import SourceError
 
     not_video = tmp_path / "x.mp4"
     not_video.write_text("not a video")
-    with pytest.raises(SourceError, match="cannot open video file"):
-        open_source(str(not_video))
-    with pytest.raises(SourceError, match="cannot open camera"):
-        open_source("/dev/video99")
+    with pytest.raises(SourceError, match="cannot read video file .*not a video"):
+        open_source(str(not_video), SourceConfig())
+    with pytest.raises(SourceError, match="camera /dev/video99 does not exist; "):
+        open_source("/dev/video99", SourceConfig())

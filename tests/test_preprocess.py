@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agent.classify import Classifier
-from agent.preprocess import CropSpec, face_input, resize_square, square_region
+from maskwatch.agent.classify import Classifier
+from maskwatch.agent.preprocess import CropSpec, face_input, resize_square, square_region
 
 
 def test_square_region_is_centred_and_scaled():
@@ -33,8 +33,8 @@ def test_upscaling_is_bilinear_and_downscaling_area():
 
 def test_training_path_equals_device_path(shared, state_dir):
     """The same photos through convert's training input and the agent's classifier input."""
-    from convert.dataset import scan
-    from convert.train import FaceCropper, crops_for
+    from maskwatch.convert.dataset import scan
+    from maskwatch.convert.train import FaceCropper, crops_for
 
     classifier = Classifier()
     samples = scan([shared / "data" / "train" / "peng"]).samples[:12]

@@ -64,18 +64,28 @@ def test_run_with_bad_config_exits_78(tmp_path):
                                      "from 0.1 to 120, got -1")
 
 
-def test_missing_video_file_is_retried_not_fatal(broker, state_dir, tmp_path):
+def test_source_that_never_opens_exits_66_with_a_hint(tmp_path):
+    result = subprocess.run(agent_command(
+        "run", "--source", str(tmp_path / "nope.mp4"), "--set", f"state_dir={tmp_path}",
+        "--set", "mqtt.port=1"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 66
+    assert result.stderr.strip().splitlines() == [
+        f"mask-agent: error: video file not found: {tmp_path / 'nope.mp4'}"]
+
+
+def test_missing_source_is_waited_for_with_source_wait(broker, tmp_path):
+    """The systemd unit sets source.wait: a camera that is not there yet is retried."""
     proc = subprocess.Popen(agent_command(
-        "run", "--source", str(tmp_path / "nope.mp4"), "--set", f"state_dir={state_dir}",
-        "--set", f"outbox.path={tmp_path}/o.sqlite3", "--set", f"mqtt.port={broker.port}",
-        "--set", "mqtt.host=127.0.0.1", "--set", "source.retry_initial_s=0.1"),
+        "run", "--source", "/dev/video97", "--set", f"state_dir={tmp_path}",
+        "--set", f"mqtt.port={broker.port}", "--set", "mqtt.host=127.0.0.1",
+        "--set", "source.wait=true", "--set", "source.retry_initial_s=0.1"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(2)
     assert proc.poll() is None  # still running, retrying
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    assert "video file not found" in err
+    assert "camera /dev/video97 does not exist" in err and "waiting for it" in err
 
 
 @pytest.mark.slow
@@ -86,11 +96,11 @@ def test_long_run_memory_is_flat(state_dir, street_video, tmp_path):
     """
     script = f"""
 import resource, json
-from agent import config
-from agent.camera import FileSource
-from agent.service import build_pipeline
+from maskwatch.agent import config
+from maskwatch.agent.camera import FileSource
+from maskwatch.agent.factory import pipeline_from
 cfg = config.load(None, ["state_dir={state_dir}"])
-pipeline = build_pipeline(cfg)
+pipeline = pipeline_from(cfg)
 source = FileSource({str(street_video)!r}, loop=True)
 def rss():
     with open("/proc/self/status") as f:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 
-from .conftest import agent_command, free_port
+from .conftest import agent_command, free_port, need_tool
 from .mqtt_helpers import Collector
 
 
@@ -20,8 +19,7 @@ def openssl(*args: str, cwd) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    need_tool("openssl", "apt-get install openssl")
     d = tmp_path_factory.mktemp("pki")
     for ca in ("ca", "rogue"):
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from agent.track import RECHECK_EVERY, Tracker, VoteRules, iou
+from maskwatch.agent.config import TrackConfig
+from maskwatch.agent.track import RECHECK_EVERY, Tracker, iou
 
 
 def walk(tracker, steps, label_at, start=0.0, dt=0.1, y=50):
@@ -27,14 +28,14 @@ def test_iou():
 
 
 def test_one_person_walking_through_gives_one_new_and_one_end():
-    tracker = Tracker(0.3, max_missed_s=0.5, rules=VoteRules(min_votes=3, agreement=0.6))
+    tracker = Tracker(TrackConfig(max_missed_s=0.5, min_votes=3, agreement=0.6))
     out = walk(tracker, 30, lambda i: "without_mask")
     out += [(t.kind, t.track.id, t.track.label) for t in tracker.expire(100.0)]
     assert out == [("new", 1, "without_mask"), ("end", 1, "without_mask")]
 
 
 def test_no_event_before_enough_agreeing_votes():
-    tracker = Tracker(0.3, 0.5, VoteRules(min_votes=3, agreement=0.7, window=9))
+    tracker = Tracker(TrackConfig(max_missed_s=0.5, min_votes=3, agreement=0.7, window=9))
     labels = ["with_mask", "without_mask", "with_mask", "without_mask", "with_mask",
               "with_mask", "with_mask"]
     out = walk(tracker, len(labels), lambda i: labels[i])
@@ -42,8 +43,8 @@ def test_no_event_before_enough_agreeing_votes():
 
 
 def test_sustained_change_gives_one_update_and_flicker_none():
-    rules = VoteRules(min_votes=3, agreement=0.6, window=9, update_votes=3)
-    tracker = Tracker(0.3, 0.5, rules)
+    rules = TrackConfig(max_missed_s=0.5, min_votes=3, agreement=0.6, window=9, update_votes=3)
+    tracker = Tracker(rules)
     labels = ["without_mask"] * 4 + ["with_mask"] + ["without_mask"] * 6 + ["with_mask"] * 30
     out = walk(tracker, len(labels), lambda i: labels[i])
     assert [o[0] for o in out] == ["new", "update"]
@@ -51,7 +52,7 @@ def test_sustained_change_gives_one_update_and_flicker_none():
 
 
 def test_decided_track_is_rechecked_only_now_and_then():
-    tracker = Tracker(0.3, 0.5, VoteRules(min_votes=1, agreement=0.5))
+    tracker = Tracker(TrackConfig(max_missed_s=0.5, min_votes=1, agreement=0.5))
     votes = 0
     for i in range(12):
         for track in tracker.update([(10, 10, 40, 40)], i * 0.1):
@@ -62,7 +63,7 @@ def test_decided_track_is_rechecked_only_now_and_then():
 
 
 def test_two_people_keep_their_ids():
-    tracker = Tracker(0.3, 0.5, VoteRules(min_votes=2))
+    tracker = Tracker(TrackConfig(max_missed_s=0.5, min_votes=2))
     for i in range(5):
         a, b = tracker.update([(10 + i, 10, 40, 40), (200 - i, 10, 40, 40)], i * 0.1)
         assert (a.id, b.id) == (1, 2)
@@ -71,7 +72,7 @@ def test_two_people_keep_their_ids():
 
 
 def test_person_leaving_before_decision_still_counted_once_stray_detection_not():
-    tracker = Tracker(0.3, 0.2, VoteRules(min_votes=5, agreement=0.6))
+    tracker = Tracker(TrackConfig(max_missed_s=0.2, min_votes=5, agreement=0.6))
     for i in range(2):
         for track in tracker.update([(10, 10, 40, 40)], i * 0.1):
             tracker.vote(track, "without_mask", 0.8)

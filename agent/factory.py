@@ -1,0 +1,38 @@
+"""Build the pipeline's parts from the config: the one place where they are wired.
+
+The service, the CLI tools, the benchmarks and `mask-convert` all get their detector,
+classifier and tracker here, so every one of them runs with the settings (and defaults)
+of the config's `detect`, `classify` and `track` sections, declared once in config.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .classify import Classifier
+from .config import ClassifyConfig, Config, DetectConfig, TrackConfig
+from .detect import Detector, create_detector
+from .models import detector_model_path
+from .pipeline import Pipeline
+from .track import Tracker
+
+
+def detector_from(settings: DetectConfig, state_dir: str | Path | None = None) -> Detector:
+    """The configured detector (ModelError when its model file is missing or bad)."""
+    model = detector_model_path(settings.detector, settings.model, state_dir or ".")
+    return create_detector(settings, model)
+
+
+def classifier_from(settings: ClassifyConfig) -> Classifier:
+    return Classifier(settings.model, threads=settings.threads,
+                      no_mask_threshold=settings.no_mask_threshold)
+
+
+def tracker_from(settings: TrackConfig) -> Tracker:
+    return Tracker(settings)
+
+
+def pipeline_from(cfg: Config) -> Pipeline:
+    """Detector + classifier + tracker from the config (ModelError when a model is bad)."""
+    return Pipeline(detector_from(cfg.detect, cfg.state_dir), classifier_from(cfg.classify),
+                    tracker_from(cfg.track), cfg.detect.fps, cfg.detect.roi)

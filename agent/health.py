@@ -1,0 +1,87 @@
+"""What the agent reports about itself: the `status` word, `stats`, `/healthz`.
+
+The service feeds `Health` (source state, people and events counted); the publisher and
+the outbox are read, never changed, here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class DeliveryView(Protocol):
+    """What health needs to know about delivery (the Publisher has it)."""
+
+    published: int
+    last_error: str | None
+
+    def is_connected(self) -> bool: ...
+
+
+class OutboxView(Protocol):
+    error: str | None
+
+    @property
+    def degraded(self) -> bool: ...
+
+    def depth(self) -> int: ...
+
+    def dropped(self) -> int: ...
+
+
+@dataclass
+class Health:
+    source: str = "starting"  # starting, ok, lost, ended
+    source_error: str | None = None
+    started: float = field(default_factory=time.time)
+    people: Counter = field(default_factory=Counter)  # decided people per label
+    events: Counter = field(default_factory=Counter)  # events per type
+    _last_stats: float = field(default_factory=time.monotonic)
+    _last_frames: int = 0
+
+    def status(self, outbox: OutboxView) -> str:
+        """The retained `status` word."""
+        if self.source == "lost":
+            return "source_lost"
+        if outbox.degraded:
+            return "degraded"
+        return "online"
+
+    def stats(self, pipeline_stats, delivery: DeliveryView, outbox: OutboxView) -> dict:
+        """The `stats` payload; fps is measured since the previous call."""
+        now = time.monotonic()
+        s = pipeline_stats
+        fps = (s.frames - self._last_frames) / max(1e-6, now - self._last_stats)
+        self._last_stats, self._last_frames = now, s.frames
+        return {
+            "ts": time.time(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "fps": round(fps, 2),
+            "frames": s.frames,
+            "detections": s.detections,
+            "faces": s.faces,
+            "classified": s.classified,
+            "people": dict(self.people),
+            "events": dict(self.events),
+            "published": delivery.published,
+            "outbox_depth": outbox.depth(),
+            "outbox_dropped": outbox.dropped(),
+            "outbox_error": outbox.error,
+            "source": self.source,
+            "source_error": self.source_error,
+            "broker_connected": delivery.is_connected(),
+            "broker_error": delivery.last_error,
+            "status": self.status(outbox),
+        }
+
+    def report(self, delivery: DeliveryView, outbox: OutboxView) -> tuple[bool, dict]:
+        """(healthy, details) for /healthz: the source delivers and the broker is connected."""
+        broker_ok = delivery.is_connected()
+        return self.source == "ok" and broker_ok, {
+            "status": self.status(outbox), "source": self.source,
+            "source_error": self.source_error, "broker_connected": broker_ok,
+            "broker_error": delivery.last_error, "outbox_error": outbox.error,
+        }
