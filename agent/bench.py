@@ -1,8 +1,10 @@
 """Benchmarks that print numbers and write them to JSON (never asserted in tests).
 
-- `mask-agent bench VIDEO`: the whole pipeline per detector, each in a fresh single-threaded
-  process: per-stage milliseconds per frame (decode, detect, classify, track, publish),
-  frames per second, CPU seconds per frame, peak RSS and start-up time.
+- `mask-agent bench VIDEO`: the whole pipeline per detector and mode (the config's
+  defaults, detection on every frame, an empty generated scene), each in a fresh process
+  with the config's thread count: detector runs and faces classified per frame, fps, CPU
+  seconds per frame and CPU % of one core (`--realtime 30` paces it like a camera),
+  per-stage milliseconds, peak RSS and start-up time, and the machine it ran on.
 - `mask-agent bench-detect VOC`: detector recall on masked and unmasked faces, ms/frame.
 - `mask-agent bench-classify [BUNDLE...]`: per-face int8 latency (1 thread, median).
 """
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -27,13 +29,22 @@ import numpy as np
 from .config import Config, as_dict
 from .decision import MASK, NO_MASK
 
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                     "MKL_NUM_THREADS": "1"}
+
+def cpu_name() -> str:
+    """The CPU model, from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
-    return {"machine": platform.machine(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "opencv": cv2.__version__}
+    return {"machine": platform.machine(), "cpu": cpu_name(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "opencv": cv2.__version__}
 
 
 def write_json(path: str | Path, data: dict) -> None:
@@ -53,16 +64,80 @@ def cpu_seconds() -> float:
 
 
 # --- pipeline -----------------------------------------------------------------------------
-def _pipeline_child(cfg: Config, video: str, max_frames: int, spawned_at: float) -> dict:
-    """Runs inside a fresh process: one detector over the whole video."""
-    cv2.setNumThreads(1)
+MODES = ("defaults", "every-frame", "empty")
+EMPTY_SCENE_FPS = 30.0
+
+
+@dataclass(frozen=True)
+class PipelineBench:
+    """What one child process measures."""
+
+    video: str
+    mode: str = "defaults"  # defaults | every-frame (no detection cap) | empty (static scene)
+    size: tuple[int, int] | None = None  # frames resized to (w, h)
+    realtime_fps: float = 0.0  # > 0: paced like a camera; CPU % of one core is what counts
+    max_frames: int = 0
+
+
+class EmptyScene:
+    """A doorway with nobody in it: a fixed generated scene, sensor noise, lighting drift.
+
+    Cheap to make (about what decoding a camera frame costs), so the bench measures the
+    agent, not the generator."""
+
+    live = False
+
+    def __init__(self, size: tuple[int, int], frames: int, seed: int = 0) -> None:
+        w, h = size
+        ramp = np.linspace(60, 170, w, dtype=np.float32)[None, :, None]
+        scene = np.repeat(np.repeat(ramp, h, axis=0), 3, axis=2)
+        scene[h // 6:, w // 3:2 * w // 3] *= 0.55  # a door
+        scene[h - h // 8:, :] = 95  # the floor
+        rng = np.random.default_rng(seed)
+        base = cv2.GaussianBlur(scene, (0, 0), 3) + rng.normal(0, 6, scene.shape)
+        # a few frames of sensor noise (sigma 2), cycled: frame-to-frame flicker for free
+        self.noisy = [np.clip(base + rng.normal(0, 2, scene.shape), 0, 255).astype(np.uint8)
+                      for _ in range(4)]
+        self.frames, self.index = frames, 0
+
+    def read(self):
+        from .camera import Frame
+
+        if self.index >= self.frames:
+            return None
+        drift = 1.0 + 0.08 * np.sin(self.index / EMPTY_SCENE_FPS / 10.0 * 2 * np.pi)
+        image = cv2.convertScaleAbs(self.noisy[self.index % len(self.noisy)], alpha=drift)
+        self.index += 1
+        return Frame(image, (self.index - 1) / EMPTY_SCENE_FPS, self.index - 1)
+
+    def close(self) -> None:
+        pass
+
+
+def _bench_source(job: PipelineBench):
     from .camera import FileSource
+
+    source = FileSource(job.video)
+    if job.mode != "empty":
+        return source
+    first = source.read()
+    size = job.size or (first.image.shape[1], first.image.shape[0])
+    frames = job.max_frames or int(source._cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 600
+    source.close()
+    return EmptyScene(size, frames)
+
+
+def _pipeline_child(cfg: Config, job: PipelineBench, spawned_at: float) -> dict:
+    """Runs inside a fresh process: one detector, one mode, over the whole video."""
+    cv2.setNumThreads(cfg.classify.threads)
     from .events import EventContext, build_event, encode
     from .factory import pipeline_from
     from .outbox import Outbox
 
+    if job.mode == "every-frame":
+        cfg = cfg.replace(detect=replace(cfg.detect, fps=120.0))
     pipeline = pipeline_from(cfg)
-    source = FileSource(video)
+    source = _bench_source(job)
     with tempfile.TemporaryDirectory() as tmp:
         outbox = Outbox(Path(tmp) / "outbox.sqlite3")
         startup = time.time() - spawned_at
@@ -70,12 +145,17 @@ def _pipeline_child(cfg: Config, video: str, max_frames: int, spawned_at: float)
         events = 0
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
         context = None
-        while not max_frames or pipeline.stats.frames < max_frames:
+        while not job.max_frames or pipeline.stats.frames < job.max_frames:
             t0 = time.perf_counter()
             frame = source.read()
+            if frame is not None and job.size and job.mode != "empty":
+                frame = replace(frame, image=cv2.resize(frame.image, job.size,
+                                                        interpolation=cv2.INTER_AREA))
             decode += time.perf_counter() - t0
             if frame is None:
                 break
+            if job.realtime_fps:
+                _pace(wall0, pipeline.stats.frames, job.realtime_fps)
             if context is None:
                 context = EventContext("bench", pipeline.classifier.info.summary(),
                                        (frame.image.shape[1], frame.image.shape[0]))
@@ -87,16 +167,19 @@ def _pipeline_child(cfg: Config, video: str, max_frames: int, spawned_at: float)
             publish += time.perf_counter() - t1
         wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
         outbox.close()
-    frames = max(1, pipeline.stats.frames)
-    seconds = {"decode": decode, **pipeline.stats.seconds, "publish": publish}
+    s = pipeline.stats
+    frames = max(1, s.frames)
+    seconds = {"decode": decode, **s.seconds, "publish": publish}
     return {
-        "detector": cfg.detect.detector,
-        "frames": pipeline.stats.frames,
-        "detections": pipeline.stats.detections,
-        "faces": pipeline.stats.faces,
-        "classified": pipeline.stats.classified,
-        "events": events,
+        "detector": cfg.detect.detector, "mode": job.mode,
+        "size": list(frame_size(context)), "realtime_fps": job.realtime_fps,
+        "threads": cfg.classify.threads,
+        "frames": s.frames, "detections": s.detections, "faces": s.faces,
+        "classified": s.classified, "events": events,
+        "detector_runs_per_frame": round(s.detections / frames, 3),
+        "faces_classified_per_frame": round(s.classified / frames, 3),
         "fps": round(frames / wall, 1),
+        "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
         "ms_per_frame": {k: round(1000 * v / frames, 3) for k, v in seconds.items()},
         "cpu_s_per_frame": round(cpu / frames, 5),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -104,35 +187,66 @@ def _pipeline_child(cfg: Config, video: str, max_frames: int, spawned_at: float)
     }
 
 
+def frame_size(context) -> tuple[int, int]:
+    return tuple(context.frame_size) if context is not None else (0, 0)
+
+
+def _pace(wall0: float, index: int, fps: float) -> None:
+    """Sleep until frame `index` is due, as a camera at `fps` would deliver it."""
+    delay = wall0 + index / fps - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
 def bench_pipeline(cfg: Config, video: str, detectors: list[str], out: str,
-                   max_frames: int = 0) -> int:
+                   max_frames: int = 0, size: tuple[int, int] | None = None,
+                   modes: list[str] | None = None, realtime_fps: float = 0.0) -> int:
     results = []
     for name in detectors:
         detect = replace(cfg.detect, detector=name,
                          model=cfg.detect.model if name == cfg.detect.detector else None)
         child_cfg = as_dict(cfg.replace(detect=detect))
-        env = {**os.environ, **SINGLE_THREAD_ENV}
-        spawned = time.time()
-        print(f"{name}: running over {video} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, "-m", "maskwatch.agent.bench", "_pipeline",
-                               video, str(max_frames), str(spawned)],
-                              input=json.dumps(child_cfg), capture_output=True, text=True,
-                              env=env)
-        if proc.returncode != 0:
-            print(f"{name}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    header = (f"{'detector':<10} {'fps':>7} {'decode':>7} {'detect':>7} {'classify':>8} "
-              f"{'track':>6} {'publish':>7} {'cpu s/f':>8} {'RSS MB':>7} {'start s':>7}")
-    print(f"pipeline on {video} (1 thread; ms per frame by stage)")
-    print(header)
+        for mode in modes or list(MODES):
+            job = PipelineBench(video, mode, size, realtime_fps, max_frames)
+            print(f"{name} {mode}: running ...", file=sys.stderr, flush=True)
+            result = _run_child(child_cfg, job)
+            if result is not None:
+                results.append(result)
+    print_pipeline_table(video, cfg.classify.threads, realtime_fps, results)
+    write_json(out, {"video": video, "machine": machine(), "threads": cfg.classify.threads,
+                     "realtime_fps": realtime_fps, "results": results})
+    return 0 if results else 1
+
+
+def _run_child(child_cfg: dict, job: PipelineBench) -> dict | None:
+    threads = str(child_cfg["classify"]["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    spawned = time.time()
+    proc = subprocess.run([sys.executable, "-m", "maskwatch.agent.bench", "_pipeline",
+                           json.dumps(asdict(job)), str(spawned)],
+                          input=json.dumps(child_cfg), capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"{job.mode}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_pipeline_table(video: str, threads: int, realtime_fps: float, results: list) -> None:
+    pace = f"paced at {realtime_fps:g} fps" if realtime_fps else "as fast as it goes"
+    print(f"pipeline on {video} ({threads} thread(s), {pace}; {machine()['cpu']})")
+    print(f"{'detector':<9} {'mode':<11} {'size':>9} {'fps':>6} {'det/f':>6} {'cls/f':>6} "
+          f"{'CPU %':>6} {'cpu s/f':>8} {'detect':>7} {'classify':>8} {'RSS MB':>7} "
+          f"{'start s':>7} {'people':>6}")
     for r in results:
         ms = r["ms_per_frame"]
-        print(f"{r['detector']:<10} {r['fps']:>7.1f} {ms['decode']:>7.2f} {ms['detect']:>7.2f} "
-              f"{ms['classify']:>8.2f} {ms['track']:>6.2f} {ms['publish']:>7.2f} "
-              f"{r['cpu_s_per_frame']:>8.4f} {r['peak_rss_mb']:>7.1f} {r['startup_s']:>7.2f}")
-    write_json(out, {"video": video, "machine": machine(), "results": results})
-    return 0 if results else 1
+        print(f"{r['detector']:<9} {r['mode']:<11} {'x'.join(map(str, r['size'])):>9} "
+              f"{r['fps']:>6.0f} {r['detector_runs_per_frame']:>6.2f} "
+              f"{r['faces_classified_per_frame']:>6.2f} {r['cpu_percent_of_one_core']:>6.1f} "
+              f"{r['cpu_s_per_frame']:>8.4f} {ms['detect']:>7.2f} {ms['classify']:>8.2f} "
+              f"{r['peak_rss_mb']:>7.1f} {r['startup_s']:>7.2f} {r['events'] // 2:>6}")
+    print("det/f: detector runs per frame; cls/f: faces classified per frame; detect and "
+          "classify in ms per frame; people: events / 2 (each has a new and an end)")
 
 
 # --- detectors ----------------------------------------------------------------------------
@@ -239,9 +353,11 @@ def progress(items: list, what: str):
         yield item
 
 
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "_pipeline":
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_pipeline":
     from .config import validate
 
-    result = _pipeline_child(validate(json.loads(sys.stdin.read())), sys.argv[2],
-                             int(sys.argv[3]), float(sys.argv[4]))
+    spec = json.loads(sys.argv[2])
+    spec["size"] = tuple(spec["size"]) if spec["size"] else None
+    result = _pipeline_child(validate(json.loads(sys.stdin.read())), PipelineBench(**spec),
+                             float(sys.argv[3]))
     print(json.dumps(result))

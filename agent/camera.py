@@ -245,8 +245,9 @@ def open_source(uri: str, settings: SourceConfig) -> Source:
 
 
 def quiet_opencv() -> None:
-    """OpenCV's own warnings (one per failed reopen) would flood the journal; our log lines
-    say what happened."""
+    """OpenCV's and FFmpeg's own warnings (one per failed reopen) would flood the journal;
+    our log lines say what happened. (FFmpeg reads its level when first used.)"""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     logging_module = getattr(getattr(cv2, "utils", None), "logging", None)
     if logging_module is not None:
         logging_module.setLogLevel(logging_module.LOG_LEVEL_SILENT)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .bench import MODES
 from .errors import EXIT_FAILURE, MaskwatchError, UsageError
 from .models import DETECTOR_FILES, OPTIONAL
 from .predict import annotate, detect_result, read_image_file
@@ -151,7 +152,8 @@ def cmd_bench(args) -> int:
 
     cfg = load_config(args)
     return bench_pipeline(cfg, args.video, args.detectors.split(","), args.out,
-                          max_frames=args.frames)
+                          max_frames=args.frames, size=args.size, modes=args.modes.split(","),
+                          realtime_fps=args.realtime)
 
 
 def cmd_bench_detect(args) -> int:
@@ -167,6 +169,16 @@ def cmd_bench_classify(args) -> int:
 
     cfg = load_config(args)
     return bench_classifier(cfg, args.bundles or [None], args.out, runs=args.runs)
+
+
+def frame_size_arg(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 640x480, got {text!r}") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise argparse.ArgumentTypeError(f"{text}: sides from 16 to 8192 pixels")
+    return w, h
 
 
 def common(parser: argparse.ArgumentParser) -> None:
@@ -237,10 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print raw event JSON")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("bench", help="pipeline benchmark on a video (per-stage times, fps, RSS)")
+    p = sub.add_parser("bench", help="pipeline benchmark on a video (work per frame, fps, CPU, "
+                       "RSS) for the defaults, detection on every frame and an empty scene")
     common(p)
     p.add_argument("video")
-    p.add_argument("--detectors", default="yunet,blazeface,haar")
+    p.add_argument("--detectors", default="yunet", help="comma-separated (yunet,blazeface,haar)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument("--size", type=frame_size_arg, metavar="WxH", help="resize frames first")
+    p.add_argument("--realtime", type=float, default=0.0, metavar="FPS",
+                   help="pace frames like a camera at FPS and report CPU %% of one core")
     p.add_argument("--frames", type=int, default=0, help="stop after this many frames")
     p.add_argument("--out", default="bench/pipeline.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)

@@ -87,6 +87,10 @@ class DetectConfig:
                                      high=1.0)
     roi: tuple[float, float, float, float] | None = setting(
         None, "roi", "region of interest [x, y, w, h] as fractions of the frame", nullable=True)
+    motion_gate: bool = setting(True, "bool", "skip detection while nothing moves and nobody "
+                                "is tracked (a cheap low-resolution frame difference)")
+    idle_check_s: float = setting(2.0, "float", "with the motion gate: a full detection at "
+                                  "least this often anyway", low=0.1, high=3600)
     max_image_pixels: int = setting(40_000_000, "int", "largest image (width x height) that "
                                     "`detect` and /v1/predict decode; larger is refused",
                                     low=1024, high=1_000_000_000)

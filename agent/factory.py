@@ -13,6 +13,7 @@ from .classify import Classifier
 from .config import ClassifyConfig, Config, DetectConfig, TrackConfig
 from .detect import Detector, create_detector
 from .models import detector_model_path
+from .motion import MotionGate
 from .pipeline import Pipeline
 from .track import Tracker
 
@@ -35,4 +36,6 @@ def tracker_from(settings: TrackConfig) -> Tracker:
 def pipeline_from(cfg: Config) -> Pipeline:
     """Detector + classifier + tracker from the config (ModelError when a model is bad)."""
     return Pipeline(detector_from(cfg.detect, cfg.state_dir), classifier_from(cfg.classify),
-                    tracker_from(cfg.track), cfg.detect.fps, cfg.detect.roi)
+                    tracker_from(cfg.track), cfg.detect.fps, cfg.detect.roi,
+                    gate=MotionGate() if cfg.detect.motion_gate else None,
+                    idle_check_s=cfg.detect.idle_check_s)

@@ -1,7 +1,9 @@
 """One frame through the pipeline: detect (at a capped rate) -> classify -> track -> vote.
 
 The pipeline skips work to run fast on a Pi: faces are detected at most `detect_fps`
-times per second of video time (the tracker carries people in between), and a face is
+times per second of video time (the tracker carries people in between), not at all while
+the motion gate sees nothing move and nobody is tracked (but for a full check every
+`idle_check_s`), and a face is
 classified only while its person is undecided (and now and then after, to catch someone
 putting a mask on). It does no I/O: it returns the tracker's transitions and leaves
 publishing to the service.
@@ -17,6 +19,7 @@ import numpy as np
 from .camera import Frame
 from .classify import Classifier
 from .detect import Detector, Face
+from .motion import MotionGate
 from .preprocess import Box
 from .track import Tracker, Transition
 
@@ -27,6 +30,7 @@ STAGES = ("detect", "classify", "track")
 class PipelineStats:
     frames: int = 0
     detections: int = 0  # detector runs
+    idle_skips: int = 0  # detections skipped: nothing moved, nobody tracked
     faces: int = 0
     classified: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -41,7 +45,8 @@ class FaceView:
     label: str | None
 
 
-def roi_pixels(roi: list[float] | None, width: int, height: int) -> Box | None:
+def roi_pixels(roi: tuple[float, float, float, float] | None, width: int,
+               height: int) -> Box | None:
     if not roi:
         return None
     x, y, w, h = roi
@@ -50,13 +55,16 @@ def roi_pixels(roi: list[float] | None, width: int, height: int) -> Box | None:
 
 class Pipeline:
     def __init__(self, detector: Detector, classifier: Classifier, tracker: Tracker,
-                 detect_fps: float, roi: list[float] | None = None) -> None:
+                 detect_fps: float, roi: tuple[float, float, float, float] | None = None,
+                 gate: MotionGate | None = None, idle_check_s: float = 2.0) -> None:
         self.detector, self.classifier, self.tracker = detector, classifier, tracker
         self.detect_interval = 1.0 / detect_fps
         self.roi = roi
+        self.gate, self.idle_check_s = gate, idle_check_s
         self.stats = PipelineStats()
         self.latest: list[FaceView] = []
         self._next_detect: float | None = None
+        self._last_detect = float("-inf")
 
     def _detect(self, image: np.ndarray) -> list[Face]:
         region = roi_pixels(self.roi, image.shape[1], image.shape[0])
@@ -71,11 +79,25 @@ class Pipeline:
         transitions: list[Transition] = []
         if self._next_detect is None or frame.ts >= self._next_detect - 1e-6:
             self._next_detect = frame.ts + self.detect_interval
-            transitions.extend(self._observe(frame))
+            if self._worth_detecting(frame):
+                self._last_detect = frame.ts
+                transitions.extend(self._observe(frame))
+            else:
+                self.stats.idle_skips += 1
         started = time.perf_counter()
         transitions.extend(self.tracker.expire(frame.ts))
         self.stats.seconds["track"] += time.perf_counter() - started
         return transitions
+
+    def _worth_detecting(self, frame: Frame) -> bool:
+        """Detect unless nothing moved, nobody is tracked and the idle check is not due."""
+        if self.gate is None:
+            return True
+        started = time.perf_counter()
+        moved = self.gate.moved(frame.image)
+        self.stats.seconds["detect"] += time.perf_counter() - started
+        return (moved is not None or bool(self.tracker.tracks)
+                or frame.ts - self._last_detect >= self.idle_check_s)
 
     def _observe(self, frame: Frame) -> list[Transition]:
         t0 = time.perf_counter()

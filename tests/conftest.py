@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -55,37 +56,35 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         session.exitstatus = 1
 
 
-def need(path: Path, what: str) -> Path:
-    """The path, or fail (CI) / skip (elsewhere) when it is missing."""
-    if path.exists():
-        return path
-    message = f"{what} not found at {path} (set MASKWATCH_SHARED)"
+def missing(message: str) -> NoReturn:
+    """Fail in CI (it installs everything and must run every test), skip elsewhere."""
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+def need(path: Path, what: str) -> Path:
+    """The path, or fail (CI) / skip (elsewhere) when it is missing."""
+    if not path.exists():
+        missing(f"{what} not found at {path} (set MASKWATCH_SHARED)")
+    return path
 
 
 def need_tool(name: str, why: str) -> str:
     """A command on PATH, or fail (CI) / skip (elsewhere) naming what installs it."""
     found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed ({why})"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    if not found:
+        missing(f"{name} is not installed ({why})")
+    return found
 
 
 def need_module(name: str, why: str) -> None:
     """An importable module, or fail (CI) / skip (elsewhere): the device tests run without
-    the [convert] extra, CI installs everything and must not skip."""
+    the [convert] extra."""
     import importlib.util
 
     if importlib.util.find_spec(name) is None:
-        message = f"{name} is not installed ({why})"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name} is not installed ({why})")
 
 
 @pytest.fixture(scope="session")
@@ -124,9 +123,7 @@ def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if found is None:
-        if IN_CI:
-            pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
-        pytest.skip("mosquitto is not installed")
+        missing("mosquitto is not installed (apt-get install mosquitto)")
     return found
 
 

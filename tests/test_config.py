@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -139,3 +140,77 @@ def test_set_override_errors():
         config.load(None, ["mqtt.port"])
     with pytest.raises(ConfigError, match="not a section"):
         config.load(None, ["mqtt.port=1", "mqtt.port.x=2"])
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("text,key", [
+    ("detect: {score_threshold: .nan}", "detect.score_threshold"),
+    ("classify: {no_mask_threshold: .nan}", "classify.no_mask_threshold"),
+    ("track: {max_missed_s: .inf}", "track.max_missed_s"),
+    ("mqtt: {stats_interval_s: -.inf}", "mqtt.stats_interval_s"),
+    ("detect: {roi: [0, 0, .nan, 1]}", "detect.roi"),
+])
+def test_non_finite_numbers_are_refused(text, key):
+    with pytest.raises(ConfigError, match=f"^config: {key}: expected"):
+        config.validate(yaml.safe_load(text))
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("written,expected", [
+    ("0123", "0123"), ("yes", "yes"), ("1e3", "1e3"), ("'ab #cd'", "ab #cd"), ("null", None)])
+def test_password_in_the_file_is_taken_as_written(tmp_path, written, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"mqtt:\n  password: {written}\n")
+    assert config.load(path).mqtt.password == expected
+
+
+@pytest.mark.faults
+def test_password_from_set_is_verbatim_and_never_echoed(tmp_path):
+    cfg = config.load(None, ["mqtt.password=ab #cd", "mqtt.username=u"])
+    assert cfg.mqtt.password == "ab #cd"
+    assert config.load(None, ["mqtt.password=0123"]).mqtt.password == "0123"
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  password: [hunter2, swordfish]\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert "hunter2" not in str(err.value) and "value hidden" in str(err.value)
+
+
+@pytest.mark.faults
+def test_print_hides_credentials_in_the_source_uri():
+    cfg = config.load(None, ["source.uri=rtsp://admin:pa55@cam.local:554/s1",
+                             "mqtt.password=pw"])
+    shown = json.dumps(config.redacted(cfg))
+    assert "pa55" not in shown and "admin" not in shown and '"password": "***"' in shown
+    assert "rtsp://***@cam.local:554/s1" in shown
+    with pytest.raises(ConfigError) as err:
+        config.load(None, ["source.uri=rtsp://admin:pa55@"])
+    assert "pa55" not in str(err.value)
+
+
+@pytest.mark.faults
+def test_tls_files_that_are_not_pem_are_config_errors(tmp_path):
+    junk = tmp_path / "ca.pem"
+    junk.write_text("this is not a certificate\n")
+    with pytest.raises(ConfigError, match="^config: mqtt.tls.ca_file: not a valid PEM file"):
+        config.load(None, ["mqtt.tls.enabled=true", f"mqtt.tls.ca_file={junk}"])
+    with pytest.raises(ConfigError, match="^config: mqtt.tls.cert_file: not a valid PEM"):
+        config.load(None, [f"mqtt.tls.cert_file={junk}", f"mqtt.tls.key_file={junk}"])
+
+
+@pytest.mark.faults
+def test_check_config_refuses_what_run_would(tmp_path):
+    unreadable = tmp_path / "pw-dir"
+    unreadable.mkdir()  # exists, but cannot be read as a file (root reads any 0600 file)
+    result = subprocess.run(agent_command("check-config", "--set",
+                                          f"mqtt.password_file={unreadable}"),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    assert result.stderr.startswith("mask-agent: error: config: mqtt.password_file: cannot read")
+
+
+@pytest.mark.faults
+def test_reading_a_config_is_bounded():
+    result = subprocess.run(agent_command("check-config", "/dev/zero"), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 78 and "larger than" in result.stderr

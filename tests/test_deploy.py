@@ -126,3 +126,14 @@ def test_container_files_mirror_the_install():
     # the broker is anonymous: reachable from this host only, never from the LAN
     assert compose["services"]["mosquitto"]["ports"] == ["127.0.0.1:1883:1883"]
     assert "/dev/video0:/dev/video0" in compose["services"]["maskwatch"]["devices"]
+
+
+def test_ci_runs_the_readme_commands():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = next(line for line in readme.splitlines()
+                        if line.startswith("sh -c 'S=") and "pytest -ra" in line)
+    assert test_command in ci.splitlines()
+    assert "deploy/arm64-check.sh" in ci
+    assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/mask-agent demo" \
+        in readme  # the first command: works with no camera, broker or ../shared

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import agent_command
+from .conftest import agent_command, free_port
 
 
 @pytest.fixture
@@ -122,3 +122,45 @@ print(json.dumps({{"frames": i + 1, "rss_after_warmup_mb": round(warm, 1),
     print(f"\nlong run: {figures}")
     assert figures["frames"] >= 20000
     assert figures["rss_end_mb"] - figures["rss_after_warmup_mb"] < 10
+
+
+def test_service_runs_in_process_on_the_bundled_clip(tmp_path, caplog):
+    """The loop without a subprocess or a broker: events reach listeners, counts add up."""
+    import logging
+
+    from maskwatch.agent.config import load
+    from maskwatch.agent.demo import DEMO_CLIP
+    from maskwatch.agent.service import Agent
+
+    cfg = load(None, [f"state_dir={tmp_path}", "mqtt.port=1", "device_id=inproc"])
+    agent = Agent(cfg, publish=False)
+    seen: list[dict] = []
+    agent.on_event.append(seen.append)
+    with caplog.at_level(logging.INFO, logger="maskwatch"):
+        code = agent.run(str(DEMO_CLIP), until_eof=True)
+    assert code == 0
+    news = [e for e in seen if e["type"] == "new"]
+    ends = [e for e in seen if e["type"] == "end"]
+    assert len(news) >= 10 and sorted(e["track_id"] for e in news) == sorted(
+        e["track_id"] for e in ends)  # one new and one end per person
+    assert sum(agent.health.people.values()) == len(news)
+    assert {"with_mask", "without_mask"} <= set(agent.health.people)
+    assert agent.outbox.depth() == len(seen) + sum(  # queued: events + unmasked alerts
+        e["label"] == "without_mask" for e in seen if e["type"] in ("new", "update"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(line.startswith("person #") for line in lines) == len(seen)
+    assert any(line.startswith("stopped after 250 frames") for line in lines)
+
+
+def test_demo_prints_events_and_a_summary_without_broker_or_shared(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}  # an empty home: nothing fetched, nothing kept
+    result = subprocess.run(agent_command("demo", "--set", f"mqtt.port={free_port()}"),
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0].startswith("no MQTT broker answers at localhost:")
+    events = [line for line in out if " person #" in line]
+    assert len(events) >= 20 and any("without_mask" in line for line in events)
+    assert any(line.startswith("people: with_mask") for line in out)
+    assert "INFO: Created TensorFlow Lite" not in result.stderr  # the banner is silenced
+    assert not any(tmp_path.iterdir())  # no state left behind

@@ -1,0 +1,276 @@
+"""Fault injection (`pytest -m faults`): a full disk, a locked database, a frozen broker,
+queued alerts, broken sources and hostile config. Each asserts that every event produced
+is delivered (by id), or the documented exit code and a one-line error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from maskwatch.agent.config import load
+from maskwatch.agent.demo import DEMO_CLIP
+from maskwatch.agent.outbox import ResilientOutbox
+from maskwatch.agent.publish import Publisher
+
+from .conftest import agent_command, free_port, missing
+from .mqtt_helpers import Collector
+from .test_delivery import persistent
+
+pytestmark = pytest.mark.faults
+
+
+def publisher_for(port: int, outbox: ResilientOutbox, device: str = "faulty") -> Publisher:
+    cfg = load(None, [f"mqtt.port={port}", "mqtt.host=127.0.0.1", f"device_id={device}",
+                      "mqtt.reconnect_min_s=0.2", "mqtt.reconnect_max_s=0.5",
+                      "homeassistant.enabled=false"])
+    return Publisher(cfg, outbox, None)
+
+
+def produce(publisher: Publisher, n: int, size: int = 200) -> list[str]:
+    ids = []
+    for i in range(n):
+        event_id = str(uuid.uuid4())
+        payload = json.dumps({"id": event_id, "n": i, "pad": "x" * size}).encode()
+        publisher.queue(publisher.topics.events, payload)
+        ids.append(event_id)
+    return ids
+
+
+def delivered_ids(collector: Collector) -> list[str]:
+    return [json.loads(p)["id"] for p in collector.on("/events")]
+
+
+def first_seen(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, kib: int):
+    """A real tmpfs of `kib` KiB (root), else skip (fail in CI)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs",
+                              str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        missing(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(path: Path, leave: int = 0) -> Path:
+    """Fill the filesystem holding `path` (leaving about `leave` bytes)."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    if leave:
+        with open(filler, "r+b") as f:
+            f.truncate(max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def test_disk_full_falls_back_to_memory_delivers_all_and_goes_back(make_broker, tmp_path):
+    broker = make_broker()  # not started: the broker is down while the disk fills up
+    with small_filesystem(tmp_path / "small", 512) as disk:
+        outbox = ResilientOutbox(disk / "outbox.sqlite3", retry_s=0.1)
+        filler = fill(disk, leave=40_000)
+        publisher = publisher_for(broker.port, outbox)
+        ids = produce(publisher, 125, size=600)
+        assert outbox.degraded and outbox.in_memory() > 0, "the disk should have filled up"
+        assert outbox.depth() == 125  # nothing lost: part on disk, the rest in memory
+        in_memory = outbox.in_memory()
+        broker.start()
+        collector = Collector(broker.port, "maskwatch/faulty/events")
+        publisher.start()
+        try:
+            assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 125, 30)
+        finally:
+            publisher.stop(drain_timeout_s=2)
+            collector.close()
+        assert first_seen(delivered_ids(collector)) == ids  # all, in order
+        filler.unlink()
+        time.sleep(0.2)
+        more = produce(publisher, 5)
+        assert not outbox.degraded and outbox.in_memory() == 0  # back on disk
+        assert outbox.depth() == len(more)
+        print(f"\ndisk full: produced 125, {in_memory} kept in memory, delivered "
+              f"{len(set(delivered_ids(collector)))}, lost 0; back on disk after space freed")
+
+
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+def test_database_locked_by_another_process_loses_nothing_and_never_stalls(broker, tmp_path):
+    outbox = ResilientOutbox(tmp_path / "outbox.sqlite3", retry_s=0.2)
+    publisher = publisher_for(broker.port, outbox)
+    collector = Collector(broker.port, "maskwatch/faulty/events")
+    publisher.start()
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path / "outbox.sqlite3"),
+                               "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        ids, slowest = [], 0.0
+        for _ in range(20):
+            t0 = time.monotonic()
+            ids += produce(publisher, 1)
+            slowest = max(slowest, time.monotonic() - t0)
+        assert outbox.degraded  # the lock pushed events to memory ...
+        locker.wait(timeout=30)
+        time.sleep(0.3)
+        ids += produce(publisher, 105)  # ... and the outbox went back to disk afterwards
+        assert not outbox.degraded
+        assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 125, 30)
+    finally:
+        publisher.stop(drain_timeout_s=2)
+        collector.close()
+    assert first_seen(delivered_ids(collector)) == ids
+    print(f"\ndatabase locked 3 s: produced 125, delivered {len(set(delivered_ids(collector)))}"
+          f", lost 0; slowest write {slowest * 1000:.0f} ms")
+    assert slowest < 1.0  # a bounded wait (was 10 s): the camera loop keeps going
+
+
+def test_frozen_broker_then_back(make_broker, tmp_path):
+    broker = make_broker().start()
+    outbox = ResilientOutbox(tmp_path / "outbox.sqlite3")
+    publisher = publisher_for(broker.port, outbox)
+    collector = Collector(broker.port, "maskwatch/faulty/events")
+    publisher.start()
+    try:
+        ids = produce(publisher, 40)
+        broker.proc.send_signal(signal.SIGSTOP)  # hangs: no RST, no answers
+        ids += produce(publisher, 60)
+        time.sleep(4)
+        broker.proc.send_signal(signal.SIGCONT)
+        ids += produce(publisher, 25)
+        assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 125, 60)
+    finally:
+        publisher.stop(drain_timeout_s=2)
+        collector.close()
+    assert first_seen(delivered_ids(collector)) == ids
+    assert outbox.depth() == 0
+
+
+def test_unmasked_alerts_are_queued_through_an_outage(make_broker, tmp_path):
+    broker = make_broker(persistent(tmp_path)).start()  # the subscriber's queue survives
+    publisher = publisher_for(broker.port, ResilientOutbox(tmp_path / "o.sqlite3"))
+    collector = Collector(broker.port, "maskwatch/faulty/unmasked")
+    publisher.start()
+    try:
+        for i in range(20):
+            if i == 5:
+                broker.stop()
+            if i == 15:
+                broker.start()
+            publisher.queue(publisher.topics.unmasked, "ON")
+            time.sleep(0.2)
+        assert collector.wait_for(lambda: len(collector.on("/unmasked")) >= 20, 30)
+    finally:
+        publisher.stop(drain_timeout_s=2)
+        collector.close()
+    assert collector.on("/unmasked")[:20] == [b"ON"] * 20
+
+
+def run_agent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(agent_command(*args), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_until_eof_without_broker_exits_75_and_says_how_many(tmp_path):
+    started = time.monotonic()
+    result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof",
+                       "--set", f"state_dir={tmp_path}", "--set", f"mqtt.port={free_port()}",
+                       "--set", "mqtt.host=127.0.0.1", timeout=120)
+    assert result.returncode == 75, result.stderr[-2000:]
+    assert "events not yet delivered stay in the outbox" in result.stderr
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        kept = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert kept > 50 and f"{kept} events not yet delivered" in result.stderr
+    assert time.monotonic() - started < 60  # no broker ever answered: no minute-long wait
+
+
+@pytest.fixture
+def bad_sources(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("just some text\n")
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(os.urandom(200_000))
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(DEMO_CLIP.read_bytes()[:2000])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    return {"missing file": (str(tmp_path / "nope.mp4"), "video file not found"),
+            "text file": (str(text), "not a video"),
+            "random bytes": (str(noise), "not a video"),
+            "truncated mp4": (str(truncated), "not a video"),
+            "directory": (str(folder), "is a directory"),
+            "missing camera": ("/dev/video9", "does not exist"),
+            "closed RTSP port": (f"rtsp://127.0.0.1:{free_port()}/stream", "cannot open stream")}
+
+
+def test_sources_that_never_open_exit_66_at_once(bad_sources, tmp_path):
+    for what, (uri, message) in bad_sources.items():
+        t0 = time.monotonic()
+        result = run_agent("run", "--source", uri, "--until-eof", "--set",
+                           f"state_dir={tmp_path}", "--set", "mqtt.port=1")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 66, (what, result.stderr)
+        assert len(lines) == 1 and message in lines[0], (what, lines)
+        print(f"\n{what}: exit 66 in {time.monotonic() - t0:.1f} s: {lines[0]}")
+
+
+def test_unwritable_state_dir_exits_74_after_delivering(broker, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    collector = Collector(broker.port, "maskwatch/door5/events")
+    try:
+        result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof",
+                           "--set", f"state_dir={blocker}", "--set", f"mqtt.port={broker.port}",
+                           "--set", "mqtt.host=127.0.0.1", "--set", "device_id=door5",
+                           timeout=120)
+        produced = result.stderr.count("person #")
+        assert collector.wait_for(lambda: len(collector.on("/events")) >= produced, 10)
+    finally:
+        collector.close()
+    assert result.returncode == 74, result.stderr[-1000:]
+    assert "could not be written" in result.stderr
+    assert produced > 50 and len(set(delivered_ids(collector))) == produced
+
+
+def test_image_bomb_and_bad_annotate_folder_on_the_cli(tmp_path):
+    from .test_http import png_claiming
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(60000, 60000))
+    result = run_agent("detect", str(bomb), "--set", f"state_dir={tmp_path}")
+    assert result.returncode == 65
+    assert result.stderr.strip() == (f"mask-agent: error: image {bomb} is 60000x60000 pixels, "
+                                     "more than the 40000000 allowed (detect.max_image_pixels)")
+    a_file = tmp_path / "out.jpg"
+    a_file.write_text("")
+    result = run_agent("detect", str(bomb), "--annotate", str(a_file))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"mask-agent: error: --annotate {a_file}: exists and is " \
+                                    "not a folder"
