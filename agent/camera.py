@@ -95,7 +95,9 @@ class FileSource:
 
     def _open(self) -> cv2.VideoCapture:
         _check_file_openable(self.path)
-        cap = cv2.VideoCapture(self.path)
+        # one decoder thread: FFmpeg's default (one per core) costs ~5 MB of frame buffers
+        # for a file the agent reads no faster than it processes
+        cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         ok, image = cap.read() if cap.isOpened() else (False, None)
         if not ok:
             cap.release()

@@ -164,6 +164,12 @@ def cmd_bench_detect(args) -> int:
                            min_face=args.min_face, limit=args.limit)
 
 
+def cmd_bench_track(args) -> int:
+    from .benchtrack import bench_tracking
+
+    return bench_tracking(load_config(args), Path(args.voc), Path(args.video), args.out)
+
+
 def cmd_bench_classify(args) -> int:
     from .bench import bench_classifier
 
@@ -271,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images")
     p.add_argument("--out", default="bench/detectors.json")
     p.set_defaults(func=cmd_bench_detect)
+
+    p = sub.add_parser("bench-track", help="tracking against ground truth (synthetic sequences "
+                       "of real faces) and people counts by detection rate")
+    common(p)
+    p.add_argument("voc", help="Pascal VOC folder whose faces are pasted into the sequences")
+    p.add_argument("video", help="a street clip: the background, and the people counts")
+    p.add_argument("--out", default="bench/tracking.json")
+    p.set_defaults(func=cmd_bench_track)
 
     p = sub.add_parser("bench-classify", help="per-face int8 latency of model bundles")
     common(p)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .camera import Frame
@@ -51,6 +52,21 @@ def roi_pixels(roi: tuple[float, float, float, float] | None, width: int,
         return None
     x, y, w, h = roi
     return (int(x * width), int(y * height), max(1, int(w * width)), max(1, int(h * height)))
+
+
+SIGNATURE_SIZE = 16
+
+
+def signature(image: np.ndarray, box: Box) -> np.ndarray:
+    """A 16x16 grey thumbnail of a face: enough to tell a living face from a poster."""
+    x, y, w, h = box
+    fh, fw = image.shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(fw, x + w), min(fh, y + h)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((SIGNATURE_SIZE, SIGNATURE_SIZE), np.uint8)
+    patch = cv2.resize(image[y0:y1, x0:x1], (SIGNATURE_SIZE, SIGNATURE_SIZE),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY) if patch.ndim == 3 else patch
 
 
 class Pipeline:
@@ -104,14 +120,15 @@ class Pipeline:
         faces = self._detect(frame.image)
         t1 = time.perf_counter()
         boxes = [f.box for f in faces]
-        tracks = self.tracker.update(boxes, frame.ts)
+        tracks = self.tracker.update(boxes, frame.ts, lambda box: signature(frame.image, box))
         voting = [(t, b) for t, b in zip(tracks, boxes) if t.needs_vote()]
         t2 = time.perf_counter()
         predictions = self.classifier.classify(frame.image, [b for _, b in voting])
         t3 = time.perf_counter()
         transitions = []
         for (track, _), prediction in zip(voting, predictions):
-            change = self.tracker.vote(track, prediction.label, prediction.confidence)
+            change = self.tracker.vote(track, prediction.label, prediction.confidence,
+                                       frame.ts)
             if change is not None:
                 transitions.append(change)
         self.latest = [FaceView(b, t.id, t.label) for t, b in zip(tracks, boxes)]

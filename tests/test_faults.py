@@ -207,7 +207,7 @@ def test_until_eof_without_broker_exits_75_and_says_how_many(tmp_path):
     assert "events not yet delivered stay in the outbox" in result.stderr
     with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
         kept = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-    assert kept > 50 and f"{kept} events not yet delivered" in result.stderr
+    assert kept > 20 and f"{kept} events not yet delivered" in result.stderr
     assert time.monotonic() - started < 60  # no broker ever answered: no minute-long wait
 
 
@@ -256,7 +256,7 @@ def test_unwritable_state_dir_exits_74_after_delivering(broker, tmp_path):
         collector.close()
     assert result.returncode == 74, result.stderr[-1000:]
     assert "could not be written" in result.stderr
-    assert produced > 50 and len(set(delivered_ids(collector))) == produced
+    assert produced > 20 and len(set(delivered_ids(collector))) == produced
 
 
 def test_image_bomb_and_bad_annotate_folder_on_the_cli(tmp_path):

@@ -1,0 +1,96 @@
+"""The motion gate: sensor noise and lighting drift are not motion; a person entering is."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskwatch.agent.bench import EmptyScene
+from maskwatch.agent.camera import Frame
+from maskwatch.agent.config import DetectConfig, TrackConfig
+from maskwatch.agent.detect import Face
+from maskwatch.agent.motion import MotionGate
+from maskwatch.agent.pipeline import Pipeline
+from maskwatch.agent.track import Tracker
+
+
+def test_noise_and_lighting_drift_are_not_motion():
+    scene, gate = EmptyScene((640, 480), frames=300), MotionGate()
+    moved = [gate.moved(scene.read().image) for _ in range(300)]
+    assert moved[0] == (0, 0, 640, 480)  # the first frame is all new
+    assert all(m is None for m in moved[1:])  # 10 s of noise and +-8 % brightness drift
+
+
+def test_someone_entering_is_motion_where_they_are():
+    scene, gate = EmptyScene((640, 480), frames=40), MotionGate()
+    for _ in range(20):
+        gate.moved(scene.read().image)
+    image = scene.read().image.copy()
+    image[200:300, 400:470] = 30  # a dark figure at x 400..470, y 200..300
+    x, y, w, h = gate.moved(image)
+    assert 380 <= x <= 400 and 400 + 70 <= x + w <= 490 and 180 <= y <= 200 and h >= 90
+
+
+class CountingDetector:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def detect(self, frame):
+        self.runs += 1
+        return []
+
+
+def test_pipeline_skips_detection_on_an_empty_scene_but_checks_now_and_then():
+    from maskwatch.agent.classify import Classifier
+
+    detector = CountingDetector()
+    pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()),
+                        detect_fps=DetectConfig().fps, gate=MotionGate(), idle_check_s=2.0)
+    scene = EmptyScene((320, 240), frames=300)  # 10 s at 30 fps
+    while (frame := scene.read()) is not None:
+        pipeline.process(frame)
+    assert pipeline.stats.frames == 300
+    assert detector.runs == 5  # the first frame, then one idle check every 2 s
+    assert pipeline.stats.idle_skips == 100 - 5  # of 100 scheduled (10 per second)
+
+
+def test_tracked_people_keep_the_detector_running():
+    class OneFace(CountingDetector):
+        def detect(self, frame):
+            self.runs += 1
+            return [Face((100, 100, 40, 40), 0.9)]
+
+    from maskwatch.agent.classify import Classifier
+
+    detector = OneFace()
+    pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
+                        gate=MotionGate(), idle_check_s=2.0)
+    still = np.full((240, 320, 3), 120, np.uint8)  # nothing moves, but a person is tracked
+    for i in range(60):
+        pipeline.process(Frame(still, i / 30.0, i))
+    assert detector.runs == 20  # every scheduled detection (10 per second for 2 s)
+
+
+def test_bench_reports_work_per_frame_for_each_mode(tmp_path):
+    import json
+    import subprocess
+
+    from maskwatch.agent.demo import DEMO_CLIP
+
+    from .conftest import agent_command
+
+    out = tmp_path / "bench.json"
+    result = subprocess.run(agent_command("bench", str(DEMO_CLIP), "--frames", "60", "--size",
+                                          "320x240", "--out", str(out)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpu"] and data["threads"] == 1
+    rows = {r["mode"]: r for r in data["results"]}
+    assert set(rows) == {"defaults", "every-frame", "empty"}
+    assert all(r["frames"] == 60 and r["size"] == [320, 240] for r in rows.values())
+    assert rows["every-frame"]["detector_runs_per_frame"] == 1.0
+    assert rows["defaults"]["detector_runs_per_frame"] < 0.5  # the 10/s cap on 25 fps
+    assert rows["empty"]["faces"] == 0 and rows["empty"]["detector_runs_per_frame"] < 0.1
+    assert "det/f" in result.stdout and "CPU %" in result.stdout
