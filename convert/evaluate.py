@@ -8,6 +8,7 @@ side: <32, 32-64, >=64 px), since small faces are where a doorway camera struggl
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,20 @@ def load_scorer(model: str):
     return KerasScorer(path)
 
 
+def progress(items: list, what: str):
+    """A progress bar on a terminal (tqdm), nothing in a log."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, file=sys.stderr, disable=None, leave=False)
+
+
 def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], detector=None):
     """Crops of annotated faces: around the annotated box, or (with a detector) around the
     detector's matching box (IoU >= 0.3), which is what the device classifies."""
     crops, y, sizes, skipped = [], [], [], []
     missed = 0
     current: tuple[Path, np.ndarray | None, list] | None = None
-    for face in read_voc(root):
+    for face in progress(read_voc(root), f"{root.name}: faces"):
         if face.label not in labels or face.size < min_face:
             continue
         if current is None or current[0] != face.image:
@@ -105,7 +113,7 @@ def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], dete
 
 def folder_crops(root: Path, spec: CropSpec, labels: list[str]):
     crops, y, sizes, skipped = [], [], [], []
-    for sample in scan([root]).samples:
+    for sample in progress(scan([root]).samples, f"{root.name}: photos"):
         if sample.label not in labels:
             continue
         image = read_image(sample.path)

@@ -93,6 +93,14 @@ def shared() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_clip() -> Path:
+    """The 10-second street clip that ships in the package (no ../shared needed)."""
+    from maskwatch.agent.demo import DEMO_CLIP
+
+    return DEMO_CLIP
+
+
+@pytest.fixture(scope="session")
 def street_video(shared) -> Path:
     return need(shared / "data" / "video" / "street_mixed.mp4", "street video")
 

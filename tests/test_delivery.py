@@ -23,6 +23,8 @@ from maskwatch.agent.publish import Publisher
 from .conftest import ROOT, agent_command
 from .mqtt_helpers import Collector
 
+pytestmark = pytest.mark.faults  # broker down, restarted, SIGKILL, full outbox, lost source
+
 
 def persistent(tmp_path):
     store = tmp_path / "broker-db"

@@ -145,3 +145,27 @@ def test_http_endpoint(running_agent, dev_set):
     status, body, _ = post(base + "/v1/predict", b"\0" * 300_000)
     assert status == 413 and "max_upload_bytes" in json.loads(body)["error"]
     assert get(base + "/nope")[0] == 404
+
+
+@pytest.mark.faults
+def test_home_assistant_birth_storm_is_one_reannouncement():
+    from maskwatch.agent.discovery import Announcer
+
+    class Recorder:
+        def __init__(self):
+            self.sent = []
+
+        def publish_now(self, topic, payload, qos=0, retain=False):
+            self.sent.append(topic)
+            return True
+
+    cfg = load(None, ["device_id=storm"])
+    recorder = Recorder()
+    announcer = Announcer(cfg.homeassistant, "storm", Topics.of(cfg), ["with_mask"], "m",
+                          recorder)
+    announcer.on_connect()  # the connect announcement
+    for _ in range(52):
+        announcer.on_ha_status(b"online")
+    assert announcer.announcements == 2  # connect + one re-announcement, not 53
+    configs = [t for t in recorder.sent if t.endswith("/config")]
+    assert len(configs) == 2 * 3  # three entities, twice

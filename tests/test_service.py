@@ -33,13 +33,12 @@ def read_all(sock, seconds: float) -> list[str]:
     return out
 
 
-def test_ready_watchdog_status_and_stop(notify_socket, broker, state_dir, street_video,
-                                        tmp_path):
+def test_ready_watchdog_status_and_stop(notify_socket, broker, demo_clip, tmp_path):
     path, sock = notify_socket
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
     proc = subprocess.Popen(agent_command(
-        "run", "--source", str(street_video), "--set", "source.realtime=true",
-        "--set", f"state_dir={state_dir}", "--set", f"outbox.path={tmp_path}/o.sqlite3",
+        "run", "--source", str(demo_clip), "--set", "source.realtime=true",
+        "--set", f"state_dir={tmp_path}",
         "--set", f"mqtt.port={broker.port}", "--set", "mqtt.host=127.0.0.1"),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     messages = read_all(sock, 3.0)

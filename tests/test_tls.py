@@ -69,13 +69,13 @@ def agent_args(state_dir, tmp_path, port, *extra):
             "--set", f"mqtt.password_file={pw}", "--set", "mqtt.reconnect_min_s=1", *extra]
 
 
-def test_tls_with_ca_and_password_delivers(secure_broker, pki, state_dir, street_video, tmp_path):
+def test_tls_with_ca_and_password_delivers(secure_broker, pki, demo_clip, tmp_path):
     collector = Collector(secure_broker.port, "maskwatch/door1/#", username="homeassistant",
                           password="ha-pass")
     try:
         result = subprocess.run(agent_command(
-            "run", "--source", str(street_video), "--until-eof", "--set", "detect.fps=2",
-            *agent_args(state_dir, tmp_path, secure_broker.tls_port,
+            "run", "--source", str(demo_clip), "--until-eof", "--set", "detect.fps=2",
+            *agent_args(tmp_path, tmp_path, secure_broker.tls_port,
                         "--set", "mqtt.tls.enabled=true", "--set", "mqtt.require_tls=true",
                         "--set", f"mqtt.tls.ca_file={pki}/ca.crt")),
             capture_output=True, text=True, timeout=120)
@@ -95,21 +95,21 @@ def run_for(seconds, cmd):
     return proc.returncode, err
 
 
-def test_wrong_ca_is_refused(secure_broker, pki, state_dir, street_video, tmp_path):
+def test_wrong_ca_is_refused(secure_broker, pki, demo_clip, tmp_path):
     code, err = run_for(5, agent_command(
-        "run", "--source", str(street_video), "--set", "source.realtime=true",
-        *agent_args(state_dir, tmp_path, secure_broker.tls_port, "--set", "mqtt.tls.enabled=true",
+        "run", "--source", str(demo_clip), "--set", "source.realtime=true",
+        *agent_args(tmp_path, tmp_path, secure_broker.tls_port, "--set", "mqtt.tls.enabled=true",
                     "--set", f"mqtt.tls.ca_file={pki}/rogue.crt")))
     assert code == 0, err
     assert "CERTIFICATE_VERIFY_FAILED" in err, err[-3000:]
     assert "connected to MQTT broker" not in err
 
 
-def test_wrong_password_reported_with_backoff(secure_broker, state_dir, street_video, tmp_path):
+def test_wrong_password_reported_with_backoff(secure_broker, demo_clip, tmp_path):
     (tmp_path / "pw").write_text("wrong-pass\n")
     code, err = run_for(6, agent_command(
-        "run", "--source", str(street_video), "--set", "source.realtime=true",
-        *agent_args(state_dir, tmp_path, secure_broker.port)))
+        "run", "--source", str(demo_clip), "--set", "source.realtime=true",
+        *agent_args(tmp_path, tmp_path, secure_broker.port)))
     assert code == 0, err
     refusals = err.count("refused the credentials")
     assert 1 <= refusals <= 4, err  # backoff 1, 2, 4 s: no hot loop
