@@ -128,7 +128,7 @@ def _bench_source(job: PipelineBench):
         return source
     first = source.read()
     size = job.size or (first.image.shape[1], first.image.shape[0])
-    frames = job.max_frames or int(source._cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 600
+    frames = job.max_frames or source.frame_count or 600
     source.close()
     return EmptyScene(size, frames)
 

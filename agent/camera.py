@@ -124,6 +124,11 @@ class FileSource:
                 time.sleep(delay)
         return Frame(image, ts, self._index - 1)
 
+    @property
+    def frame_count(self) -> int:
+        """Frames in the file as its header says (0 when unknown)."""
+        return max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+
     def _next_image(self) -> tuple[bool, np.ndarray | None]:
         if self._peeked is not None:
             image, self._peeked = self._peeked, None
