@@ -3,9 +3,8 @@
 Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data (undecodable or too
 large image), 66 input or source not found, 69 broker or download unavailable,
 74 the state directory could not be written (events were kept in memory only),
-75 --until-eof ended with
-events undelivered (kept in the outbox), 78 invalid configuration or model (systemd does
-not restart on 78).
+75 --until-eof ended with events undelivered (kept in the outbox), 78 invalid
+configuration or model (systemd does not restart on 78).
 """
 
 from __future__ import annotations
