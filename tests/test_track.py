@@ -173,3 +173,20 @@ def test_counting_does_not_depend_on_the_detection_rate():
             out += [change.kind] if change else []
         out += [t.kind for t in tracker.expire(300.0)]
         assert out == ["new", "end"], rate
+
+
+def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
+    """The real pipeline on `bench-track`'s sequences (real faces, known identities)."""
+    from maskwatch.agent.benchtrack import background, face_crops, run_sequence, scenarios
+    from maskwatch.agent.config import load
+    from maskwatch.agent.factory import detector_from
+
+    cfg = load(None, [])
+    back = background(street_video)
+    crops = face_crops(dev_set, detector_from(cfg.detect), back)
+    for seed, (name, actors) in enumerate(scenarios(crops).items()):
+        r = run_sequence(cfg, back, actors, seed)
+        assert r["new_events"] == r["people"], name
+        assert r["id_switches"] == r["fragments"] == r["flip_flops"] == 0, name
+        assert r["poster_people"] == 0, name
+        assert r["updates"] == (1 if name == "mask put on" else 0), name
