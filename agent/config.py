@@ -116,6 +116,9 @@ class TrackConfig:
     min_seen_s: float = setting(0.5, "float", "a person counts once seen this long (by time, "
                                 "so counts do not depend on the detection rate)", low=0.0,
                                 high=60)
+    min_hit_ratio: float = setting(0.5, "float", "and found in at least this share of the "
+                                   "detector runs meanwhile (a steady face, not a flicker)",
+                                   low=0.0, high=1.0)
     agreement: float = setting(0.6, "float", "share of votes the decided label needs",
                                low=0.5, high=1.0)
     window: int = setting(9, "int", "most recent votes kept per person", low=1, high=1000)

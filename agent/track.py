@@ -7,7 +7,8 @@ is missed for a moment (a head turn, a hand) keeps its person. A track unseen fo
 `max_missed_s` has ended.
 
 Voting: each track collects the classifier's votes; its label is decided once `min_votes`
-votes agree by `agreement` and the face has been seen for `min_seen_s`. Hysteresis keeps
+votes agree by `agreement` and the face has been seen for `min_seen_s` (in at least
+`min_hit_ratio` of the detector runs meanwhile). Hysteresis keeps
 labels from flip-flopping: a decided label changes only after `update_votes` consecutive
 votes for another label that span at least `update_min_s` with a mean confidence of at
 least `update_confidence` (someone puts a mask on), and a change back within `hold_off_s`
@@ -72,6 +73,7 @@ class Track:
     label: str | None = None  # decided label
     streak: list = field(default_factory=list)  # consecutive (label, confidence, ts) against it
     hits: int = 1
+    opportunities: int = 1  # detector runs since the track began (hits / this: steadiness)
     detections_since_vote: int = 0
     velocity: tuple[float, float] = (0.0, 0.0)  # centre, pixels per second
     alive: bool = False  # has shown motion: a person, not a poster
@@ -161,6 +163,8 @@ class Tracker:
         prove it is alive; without it, such a face counts as alive."""
         matched: dict[int, Track] = {}
         used: set[int] = set()
+        for track in self.tracks:
+            track.opportunities += 1
         for _, ti, bi in self._pairs(boxes, ts):
             if ti in used or bi in matched:
                 continue
@@ -217,9 +221,12 @@ class Tracker:
         return Transition("update", track) if track.alive else None
 
     def _seen_long_enough(self, track: Track) -> bool:
-        """Counting by time, not by detections, keeps people counts independent of the
-        detection rate (more detections per second must not make more people)."""
-        return track.last_seen - track.first_seen >= self.rules.min_seen_s
+        """Seen for `min_seen_s`, and in at least `min_hit_ratio` of the detector runs
+        meanwhile. Counting by time and by share, not by number of detections, keeps people
+        counts from growing with the detection rate: a face the detector only catches now
+        and then would otherwise collect enough hits at 30 runs per second, not at 5."""
+        return (track.last_seen - track.first_seen >= self.rules.min_seen_s and
+                track.hits >= self.rules.min_hit_ratio * track.opportunities)
 
     def _try_decide(self, track: Track) -> Transition | None:
         if len(track.votes) < self.rules.min_votes or not track.alive or \
