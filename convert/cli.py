@@ -123,7 +123,28 @@ def run_export(args) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export}
+def add_bench_seed(sub) -> None:
+    p = sub.add_parser("bench-seed", help="the agent's defaults against the seed design "
+                       "(Haar + float Keras MobileNetV2 1.0), fps side by side")
+    p.add_argument("video")
+    p.add_argument("--weights", required=True,
+                   help="MobileNetV2 1.0 no-top .h5 (ImageNet) for the seed's backbone")
+    p.add_argument("--frames", type=int, default=150)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default="bench/seed.json")
+
+
+def run_bench_seed(args) -> int:
+    from .seedbench import bench_seed
+
+    if not Path(args.weights).is_file():
+        raise ConvertError(f"weights file not found: {args.weights}")
+    return bench_seed(args.video, args.weights, count=args.frames, rounds=args.rounds,
+                      out=args.out)
+
+
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export,
+            "bench-seed": run_bench_seed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train(sub)
     add_evaluate(sub)
     add_export(sub)
+    add_bench_seed(sub)
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -134,3 +134,13 @@ def test_bad_input_is_one_line(case, tiny_data, shared, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("mask-convert")]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_bench_seed_compares_with_the_seed_design(shared, street_video, tmp_path):
+    out = tmp_path / "seed.json"
+    result = convert("bench-seed", str(street_video), "--weights", str(shared / WEIGHTS_100),
+                     "--frames", "5", "--rounds", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["median"]["seed"]["fps"] > 0 and data["ratio"] > 1  # the agent is faster
+    assert "agent / seed:" in result.stdout
