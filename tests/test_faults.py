@@ -274,3 +274,28 @@ def test_image_bomb_and_bad_annotate_folder_on_the_cli(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"mask-agent: error: --annotate {a_file}: exists and is " \
                                     "not a folder"
+
+
+EMFILE_PROBE = """
+import os, resource, sys
+from maskwatch.agent.camera import open_source
+from maskwatch.agent.config import SourceConfig
+from maskwatch.agent.errors import SourceError
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    open_source(sys.argv[1], SourceConfig())
+except SourceError as exc:
+    print(exc)
+"""
+
+
+def test_out_of_file_descriptors_is_said_so(demo_clip):
+    result = subprocess.run([sys.executable, "-c", EMFILE_PROBE, str(demo_clip)],
+                            capture_output=True, text=True, timeout=60)
+    assert "out of file descriptors" in result.stdout, result.stdout + result.stderr
