@@ -39,7 +39,7 @@ class Health:
     started: float = field(default_factory=time.time)
     people: Counter = field(default_factory=Counter)  # decided people per label
     events: Counter = field(default_factory=Counter)  # events per type
-    _last_stats: float = field(default_factory=time.monotonic)
+    _last_stats: float = field(default_factory=time.monotonic)  # when stats were last sent
     _last_frames: int = 0
 
     def status(self, outbox: OutboxView) -> str:
@@ -50,12 +50,18 @@ class Health:
             return "degraded"
         return "online"
 
+    def stats_due(self, interval_s: float) -> bool:
+        return time.monotonic() - self._last_stats >= interval_s
+
+    def stats_sent(self, frames: int) -> None:
+        """Start the next fps window (only the periodic `stats` message does: a /metrics
+        scrape must not shorten it)."""
+        self._last_stats, self._last_frames = time.monotonic(), frames
+
     def stats(self, pipeline_stats, delivery: DeliveryView, outbox: OutboxView) -> dict:
-        """The `stats` payload; fps is measured since the previous call."""
-        now = time.monotonic()
+        """The `stats` payload; fps is measured since the last `stats` message."""
         s = pipeline_stats
-        fps = (s.frames - self._last_frames) / max(1e-6, now - self._last_stats)
-        self._last_stats, self._last_frames = now, s.frames
+        fps = (s.frames - self._last_frames) / max(1e-6, time.monotonic() - self._last_stats)
         return {
             "ts": time.time(),
             "uptime_s": round(time.time() - self.started, 1),

@@ -69,7 +69,6 @@ class Agent:
         self.latest_frame: Frame | None = None
         self._context: EventContext | None = None
         self._clock_offset = 0.0
-        self._last_stats = time.monotonic()
 
     # --- what the HTTP endpoint and systemd see --------------------------------------
     def status_text(self) -> str:
@@ -108,13 +107,11 @@ class Agent:
     def _tick(self) -> None:
         """Housekeeping between frames: watchdog, outbox recovery, periodic stats."""
         self.notifier.watchdog()
-        was_degraded = self.outbox.degraded
-        if was_degraded and self.outbox.maintain():
+        if self.outbox.degraded and self.outbox.maintain():
             self._update_status()
-        now = time.monotonic()
-        if now - self._last_stats >= self.cfg.mqtt.stats_interval_s:
-            self._last_stats = now
+        if self.health.stats_due(self.cfg.mqtt.stats_interval_s):
             self.publisher.publish_now(self.topics.stats, json.dumps(self.stats()))
+            self.health.stats_sent(self.pipeline.stats.frames)
 
     # --- events ------------------------------------------------------------------------
     def _emit(self, transition: Transition) -> None:
