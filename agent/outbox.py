@@ -229,15 +229,18 @@ class ResilientOutbox:
             return self._seq
 
     def maintain(self) -> bool:
-        """While degraded, now and then try the disk again and move the memory events into
-        it (one transaction, same seqs). True when the outbox is on disk."""
+        """Now and then (every `retry_s`) retry the deletes the disk refused and, while
+        degraded, try the disk again and move the memory events into it (one transaction,
+        same seqs). True when the outbox is on disk."""
         with self._lock:
+            if self._memory is None and not self._delete_later:
+                return True
+            if time.monotonic() < self._next_retry:  # a locked disk would stall every put
+                return self._memory is None
+            self._next_retry = time.monotonic() + self.retry_s
             self._retry_deletes()
             if self._memory is None:
                 return True
-            if time.monotonic() < self._next_retry:
-                return False
-            self._next_retry = time.monotonic() + self.retry_s
             try:
                 if self._disk is None:
                     self._disk = Outbox(self.path, self.max_events, self.max_bytes)
