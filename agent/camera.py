@@ -50,11 +50,6 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def describe(uri: str) -> str:
-    """The URI without credentials, safe for logs and status messages."""
-    return hide_credentials(uri)
-
-
 def camera_hint() -> str:
     devices = sorted(glob.glob("/dev/video*"))
     if not devices:
@@ -145,7 +140,7 @@ class LiveSource:
     live = True
 
     def __init__(self, uri: str, width: int | None = None, height: int | None = None) -> None:
-        self.description = describe(uri)
+        self.description = hide_credentials(uri)
         if uri.isdigit() or uri.startswith("/dev/"):
             if uri.startswith("/dev/") and not Path(uri).exists():
                 raise SourceError(f"camera {uri} does not exist; {camera_hint()}")
@@ -316,7 +311,7 @@ class Reopener:
             if error is None and self.until_eof:
                 self.on_change("ended", None, None)
                 return None
-            self.on_change("lost", None, error or f"{describe(self.uri)} ended")
+            self.on_change("lost", None, error or f"{hide_credentials(self.uri)} ended")
         return None
 
     def _wait(self) -> None:

@@ -17,8 +17,8 @@ from typing import Callable
 
 import cv2
 
-from .camera import Frame, Reopener, Source, describe, quiet_opencv
-from .config import Config, mqtt_password
+from .camera import Frame, Reopener, Source, quiet_opencv
+from .config import Config, hide_credentials, mqtt_password
 from .decision import NO_MASK
 from .discovery import Announcer
 from .errors import EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
@@ -162,7 +162,7 @@ class Agent:
             self.publisher.start()
         if self.http is not None:
             self.http.start()
-        self.notifier.ready(f"{self.status_text()}; source {describe(uri)}")
+        self.notifier.ready(f"{self.status_text()}; source {hide_credentials(uri)}")
         started = time.monotonic()
         try:
             while True:
