@@ -210,9 +210,7 @@ def bench_pipeline(cfg: Config, video: str, detectors: list[str], out: str,
                    modes: list[str] | None = None, realtime_fps: float = 0.0) -> int:
     results = []
     for name in detectors:
-        detect = replace(cfg.detect, detector=name,
-                         model=cfg.detect.model if name == cfg.detect.detector else None)
-        child_cfg = as_dict(cfg.replace(detect=detect))
+        child_cfg = as_dict(cfg.replace(detect=cfg.detect.using(name)))
         for mode in modes or list(MODES):
             job = PipelineBench(video, mode, size, realtime_fps, max_frames)
             print(f"{name} {mode}: running ...", file=sys.stderr, flush=True)
@@ -271,9 +269,7 @@ def bench_detectors(cfg: Config, voc: Path, detectors: list[str], out: str,
     items = read_voc_images(voc, limit)
     results = []
     for name in detectors:
-        settings = replace(cfg.detect, detector=name, min_face=8,
-                           model=cfg.detect.model if name == cfg.detect.detector else None)
-        detector = detector_from(settings, cfg.state_dir)
+        detector = detector_from(replace(cfg.detect.using(name), min_face=8), cfg.state_dir)
         found = {MASK: [0, 0], NO_MASK: [0, 0]}
         times, false_pos = [], 0
         for image_path, faces in progress(items, f"{name}"):

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,10 +90,7 @@ def cmd_detect(args) -> int:
     from .factory import classifier_from, detector_from
 
     cfg = load_config(args)
-    settings = cfg.detect
-    if args.detector:
-        settings = replace(settings, detector=args.detector,
-                           model=settings.model if args.detector == settings.detector else None)
+    settings = cfg.detect.using(args.detector) if args.detector else cfg.detect
     out = annotate_dir(args.annotate)
     detector, classifier = detector_from(settings, cfg.state_dir), classifier_from(cfg.classify)
     failures: list[int] = []

@@ -95,6 +95,13 @@ class DetectConfig:
                                     "`detect` and /v1/predict decode; larger is refused",
                                     low=1024, high=1_000_000_000)
 
+    def using(self, detector: str) -> DetectConfig:
+        """The same settings with another detector; the configured model file belongs to
+        the configured detector only (the other gets its bundled or fetched file)."""
+        if detector == self.detector:
+            return self
+        return dataclasses.replace(self, detector=detector, model=None)
+
 
 @dataclass(frozen=True)
 class ClassifyConfig:
