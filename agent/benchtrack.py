@@ -26,7 +26,7 @@ from .camera import FileSource, Frame
 from .config import Config
 from .decision import MASK, NO_MASK
 from .factory import pipeline_from
-from .track import Tracker, iou
+from .track import Tracker, best_match
 from .voc import read_voc
 
 FPS = 25.0
@@ -148,13 +148,17 @@ def run_sequence(cfg: Config, back: np.ndarray, actors: list[Actor], seed: int =
         detections = pipeline.stats.detections
         for t in pipeline.process(frame):
             events.append((t.kind, t.track.id, t.track.label or "?"))
-        for face in pipeline.latest if pipeline.stats.detections > detections else []:
-            truth = [(k, a.box(i)) for k, a in enumerate(actors) if a.box(i) is not None]
-            best = max(truth, key=lambda kb: iou(kb[1], face.box), default=None)
-            if best is not None and iou(best[1], face.box) >= 0.3:
-                owner[face.track_id][best[0]] += 1
-                if not ids_by_actor[best[0]] or ids_by_actor[best[0]][-1] != face.track_id:
-                    ids_by_actor[best[0]].append(face.track_id)
+        if pipeline.stats.detections == detections:
+            continue  # no detector run on this frame: nothing to attribute
+        visible = [(k, box) for k, a in enumerate(actors) if (box := a.box(i)) is not None]
+        for face in pipeline.latest:
+            match = best_match(face.box, [box for _, box in visible])
+            if match is None:
+                continue
+            actor = visible[match][0]
+            owner[face.track_id][actor] += 1
+            if not ids_by_actor[actor] or ids_by_actor[actor][-1] != face.track_id:
+                ids_by_actor[actor].append(face.track_id)
     for t in pipeline.finish(frames / FPS):
         events.append((t.kind, t.track.id, t.track.label or "?"))
     return score(actors, events, owner, ids_by_actor)
