@@ -76,9 +76,9 @@ def prometheus(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_BUSY_BODY = b'{"error": "too many connections"}\r\n'
 BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 35\r\nConnection: close\r\n\r\n"
-        b'{"error": "too many connections"}\r\n')
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BUSY_BODY) + _BUSY_BODY)
 
 
 class BoundedServer(ThreadingHTTPServer):
