@@ -76,8 +76,8 @@ class Publisher:
 
     def _make_client(self, cfg: Config, password: str | None) -> mqtt.Client:
         m = cfg.mqtt
-        client = make_client(m, m.client_id or f"maskwatch-{cfg.device_id}", password,
-                             persistent_session=True)
+        assert m.client_id, "config.load() resolves the client id"
+        client = make_client(m, m.client_id, password, persistent_session=True)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         # paho computes its backoff in float seconds: sub-second delays are kept as given
         client.reconnect_delay_set(min_delay=m.reconnect_min_s,  # type: ignore[arg-type]
