@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .decision import decide
+from .decision import NO_MASK, decide
 from .errors import ModelError
+from .head import BUNDLE_HEAD, Head, HeadFile
 from .models import sha256_file
 from .preprocess import Box, CropSpec, face_input
 from .tflite import load_interpreter
@@ -29,6 +30,10 @@ class Prediction:
     label: str
     confidence: float
     scores: dict[str, float] = field(default_factory=dict)
+    # pooled backbone features (F,), empty for a bundle without them: the tracker's
+    # appearance embedding and what site adaptation learns from
+    features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32),
+                                 compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ class Classifier:
     street clip, for no gain per face (measured with `mask-agent bench`)."""
 
     def __init__(self, bundle: str | Path | None = None, threads: int = 1,
-                 no_mask_threshold: float | None = None) -> None:
+                 no_mask_threshold: float | None = None,
+                 head_file: Path | None = None) -> None:
         self.info = read_bundle(bundle)
         self.labels = self.info.labels
         self.crop = self.info.crop
@@ -96,11 +102,16 @@ class Classifier:
                                   else self.info.no_mask_threshold)
         self._interpreter = load_interpreter(self.info.path, threads)
         inp = self._interpreter.get_input_details()[0]
-        out = self._interpreter.get_output_details()[0]
+        out, features = self._outputs(self._interpreter.get_output_details())
         self._input_index, self._output_index = inp["index"], out["index"]
         self._input_dtype = inp["dtype"]
         self._input_quant = inp["quantization"]
         self._output_quant = out["quantization"]
+        self._features = features
+        self.feature_size = int(features["shape"][-1]) if features else 0
+        if self.feature_size and (len(self.labels) != 2 or NO_MASK not in self.labels):
+            head_file = None  # a site head decides mask / no mask only
+        self.heads = HeadFile(head_file, self.info.sha256, self.feature_size)
         if int(inp["shape"][0]) != 1:
             self._interpreter.resize_tensor_input(self._input_index,
                                                   [1, self.crop.size, self.crop.size, 3])
@@ -111,6 +122,18 @@ class Classifier:
                 f"{int(out['shape'][-1])} outputs; model.json says size {self.crop.size}, "
                 f"{len(self.labels)} labels")
 
+    def _outputs(self, details: list[dict]) -> tuple[dict, dict | None]:
+        """(scores output, features output or None): told apart by width, the scores
+        having one value per label, the pooled features many more."""
+        ordered = sorted(details, key=lambda d: int(d["shape"][-1]))
+        if len(ordered) > 1 and int(ordered[-1]["shape"][-1]) > len(self.labels):
+            return ordered[0], ordered[-1]
+        return ordered[0], None
+
+    def feature_quantization(self) -> dict:
+        scale, zero = self._features["quantization"] if self._features else (0.0, 0)
+        return {"scale": float(scale), "zero_point": int(zero)}
+
     def _to_input(self, crops: np.ndarray) -> np.ndarray:
         if self._input_dtype == np.uint8:
             return crops.astype(np.uint8)
@@ -119,23 +142,101 @@ class Classifier:
             return np.clip(np.round(crops / scale + zero), -128, 127).astype(np.int8)
         return crops.astype(np.float32)
 
-    def scores(self, crops: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) for RGB uint8 crops (N, size, size, 3)."""
+    def infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class probabilities (N, classes), pooled features (N, F)) of the bundle's own
+        head, for RGB uint8 crops (N, size, size, 3); F is 0 for a bundle without the
+        features output. One invocation per face yields both."""
         out = np.zeros((len(crops), len(self.labels)), np.float32)
+        feats = np.zeros((len(crops), self.feature_size), np.float32)
         scale, zero = self._output_quant
         for i in range(len(crops)):
             self._interpreter.set_tensor(self._input_index, self._to_input(crops[i:i + 1]))
             self._interpreter.invoke()
             raw = self._interpreter.get_tensor(self._output_index)[0]
             out[i] = (raw.astype(np.float32) - zero) * scale if scale else raw
-        return out
+            if self._features is not None:
+                f_scale, f_zero = self._features["quantization"]
+                feats[i] = (self._interpreter.get_tensor(self._features["index"])[0]
+                            .astype(np.float32) - f_zero) * f_scale
+        return out, feats
+
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of the bundle's own head."""
+        return self.infer(crops)[0]
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The bundle's final layer in float, (W (classes, F), b (classes,)): the start and
+        the prior of a site refit. Read from the graph's constant tensors."""
+        weights = bias = None
+        for d in self._interpreter.get_tensor_details():
+            shape = [int(v) for v in d["shape"]]
+            scales = d["quantization_parameters"]["scales"]
+            if shape == [len(self.labels), self.feature_size] and len(scales):
+                weights = self._interpreter.get_tensor(d["index"]).astype(np.float32) * (
+                    scales.reshape(-1, 1) if len(scales) > 1 else scales[0])
+            elif shape == [len(self.labels)] and d["dtype"] == np.int32 and len(scales):
+                bias = self._interpreter.get_tensor(d["index"]).astype(np.float32) * scales
+        if weights is None or bias is None:
+            raise ModelError(f"{self.info.path}: cannot find its final layer's weights")
+        return weights, bias
+
+    def bundle_head(self) -> Head:
+        """The bundle's own final layer as a head on the features (mask vs no mask)."""
+        weights, bias = self.linear_head()
+        nm = self.labels.index(NO_MASK)
+        other = 1 - nm
+        threshold = 0.5 if self.no_mask_threshold is None else self.no_mask_threshold
+        return Head(weights[nm] - weights[other], float(bias[nm] - bias[other]), threshold,
+                    self.info.sha256)
+
+    def anchors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The bundle's anchor set: (features (N, F), labels (N,) with 1 = without_mask);
+        empty when the bundle has none."""
+        entry = self.info.meta.get("anchors")
+        if not entry or not self.feature_size:
+            return np.zeros((0, self.feature_size), np.float32), np.zeros(0, int)
+        path = self.info.path.parent / entry["file"]
+        try:
+            data = np.load(path)
+            raw, labels = data["features"], data["labels"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"anchor set {path} unreadable: {exc}") from None
+        scale, zero = float(data["scale"]), int(data["zero_point"])
+        names = [str(n) for n in data["label_names"]]
+        y = np.array([names[i] == NO_MASK for i in labels], int)
+        return (raw.astype(np.float32) - zero) * scale, y
+
+    def threshold(self) -> float | None:
+        """The no-mask threshold in use now (the site head's when there is one)."""
+        head = self.heads.current()
+        return head.threshold if head else self.no_mask_threshold
+
+    def identity(self) -> dict:
+        """What events name as their model: the bundle and the head in use."""
+        head = self.heads.current()
+        return {"name": self.info.name, "sha256": self.info.sha256,
+                "head": head.id if head else BUNDLE_HEAD}
+
+    def decided_scores(self, scores: np.ndarray, features: np.ndarray,
+                       head: Head | None) -> tuple[np.ndarray, float | None]:
+        """(scores, no-mask threshold) after the site head, when one is in use."""
+        if head is None:
+            return scores, self.no_mask_threshold
+        no_mask = head.no_mask_probability(features)
+        scores = np.empty_like(scores)
+        scores[:, self.labels.index(NO_MASK)] = no_mask
+        scores[:, 1 - self.labels.index(NO_MASK)] = 1.0 - no_mask
+        return scores, head.threshold
 
     def predict_crops(self, crops: np.ndarray) -> list[Prediction]:
+        raw, features = self.infer(crops)
+        scores, threshold = self.decided_scores(raw, features, self.heads.current())
         out = []
-        for row in self.scores(crops):
-            index = decide(row, self.labels, self.no_mask_threshold)
+        for row, feats in zip(scores, features):
+            index = decide(row, self.labels, threshold)
             out.append(Prediction(self.labels[index], round(float(row[index]), 4),
-                                  {k: round(float(v), 4) for k, v in zip(self.labels, row)}))
+                                  {k: round(float(v), 4) for k, v in zip(self.labels, row)},
+                                  feats))
         return out
 
     def crops(self, frame_bgr: np.ndarray, boxes: list[Box]) -> np.ndarray:

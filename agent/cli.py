@@ -4,7 +4,8 @@ Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data (undecodable or t
 large image), 66 input or source not found, 69 broker or download unavailable,
 74 the state directory could not be written (events were kept in memory only),
 75 --until-eof ended with events undelivered (kept in the outbox), 78 invalid
-configuration or model (systemd does not restart on 78).
+configuration or model (systemd does not restart on 78), 3 `adapt` fitted a head that
+is not better than the current one (nothing changed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .bench import MODES
-from .errors import EXIT_FAILURE, MaskwatchError, UsageError
+from .errors import EXIT_FAILURE, EXIT_NOT_ADAPTED, MaskwatchError, UsageError
 from .models import DETECTOR_FILES, OPTIONAL
 from .predict import annotate, detect_result, read_image_file
 
@@ -92,7 +93,8 @@ def cmd_detect(args) -> int:
     cfg = load_config(args)
     settings = cfg.detect.using(args.detector) if args.detector else cfg.detect
     out = annotate_dir(args.annotate)
-    detector, classifier = detector_from(settings, cfg.state_dir), classifier_from(cfg.classify)
+    detector = detector_from(settings, cfg.state_dir)
+    classifier = classifier_from(cfg.classify, cfg.state_dir)
     failures: list[int] = []
     for path, image in readable_images(args.paths, failures, cfg.detect.max_image_pixels):
         result = {"image": path, **detect_result(image, detector, classifier)}
@@ -111,7 +113,7 @@ def cmd_classify(args) -> int:
     from .preprocess import whole_image_box
 
     cfg = load_config(args)
-    classifier = classifier_from(cfg.classify)
+    classifier = classifier_from(cfg.classify, cfg.state_dir)
     failures: list[int] = []
     for path, image in readable_images(args.crops, failures, cfg.detect.max_image_pixels):
         # a crop is classified whole, through the shared crop (edges repeated to a square)
@@ -171,6 +173,65 @@ def cmd_bench_classify(args) -> int:
 
     cfg = load_config(args)
     return bench_classifier(cfg, args.bundles or [None], args.out, runs=args.runs)
+
+
+def cmd_samples(args) -> int:
+    from .site import open_store
+
+    cfg = load_config(args)
+    store = open_store(cfg)
+    if args.samples_command == "list":
+        for sample in store.list(limit=args.limit):
+            print(json.dumps(sample.to_json()) if args.json else
+                  f"{sample.id:>6} {sample.predicted:<13} {sample.confidence:.2f} "
+                  f"{sample.reason:<15} label={sample.label or '-'}")
+        print(json.dumps(store.counts()) if args.json else
+              "counts: " + ", ".join(f"{k} {v}" for k, v in store.counts().items()),
+              file=sys.stderr)
+    elif args.samples_command == "export":
+        print(f"exported {store.export(Path(args.dest))} samples to {args.dest}")
+    else:
+        print(f"deleted {store.clear()} samples from {store.folder}")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    import numpy as np
+
+    from .factory import classifier_from, detector_from
+    from .site import (
+        adapt_site,
+        head_status,
+        label_folder_features,
+        open_store,
+        print_report,
+        revert,
+    )
+
+    cfg = load_config(args)
+    if args.revert:
+        print("reverted to the bundle's head" if revert(cfg) else "no site head: nothing to do")
+        return 0
+    classifier = classifier_from(cfg.classify, cfg.state_dir)
+    if args.status:
+        print(json.dumps(head_status(cfg, classifier), indent=2))
+        return 0
+    parts = []
+    if args.labels:
+        detector = detector_from(cfg.detect, cfg.state_dir)
+        parts.append(label_folder_features(Path(args.labels), classifier, detector))
+    if not args.labels or args.with_samples:
+        x, y = open_store(cfg).labelled_features()
+        if len(y):
+            parts.append((x, y))
+    if not parts:
+        raise UsageError("no labelled faces: label collected samples in the console, or "
+                         "give --labels DIR with with_mask/ and without_mask/ folders")
+    site_x = np.concatenate([x for x, _ in parts])
+    site_y = np.concatenate([y for _, y in parts])
+    report = adapt_site(cfg, classifier, site_x, site_y, write=not args.dry_run)
+    print_report(report, args.json)
+    return 0 if report.accepted else EXIT_NOT_ADAPTED
 
 
 def frame_size_arg(text: str) -> tuple[int, int]:
@@ -250,6 +311,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
     p.add_argument("--json", action="store_true", help="print raw event JSON")
     p.set_defaults(func=cmd_watch)
+
+    samples = sub.add_parser("samples", help="face crops collected for site adaptation "
+                             "(adapt.collect)")
+    ssub = samples.add_subparsers(dest="samples_command", required=True)
+    p = ssub.add_parser("list", help="list collected samples (newest first) and counts")
+    common(p)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_samples)
+    p = ssub.add_parser("export", help="copy samples into class folders (+ index.csv)")
+    common(p)
+    p.add_argument("dest", help="folder to write")
+    p.set_defaults(func=cmd_samples)
+    p = ssub.add_parser("clear", help="delete every collected sample (crops and index)")
+    common(p)
+    p.set_defaults(func=cmd_samples)
+
+    p = sub.add_parser("adapt", help="fit a site head on labelled faces of this site "
+                       f"(exit {EXIT_NOT_ADAPTED} when it is not better: the current head stays)")
+    common(p)
+    p.add_argument("--labels", metavar="DIR", help="with_mask/ and without_mask/ folders of "
+                   "crops or photos (instead of the labelled collected samples)")
+    p.add_argument("--with-samples", action="store_true",
+                   help="with --labels: also use the labelled collected samples")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
+    p.add_argument("--revert", action="store_true", help="go back to the bundle's own head")
+    p.add_argument("--status", action="store_true", help="print the head in use and its "
+                   "provenance")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("bench", help="pipeline benchmark on a video (work per frame, fps, CPU, "
                        "RSS) for the defaults, detection on every frame and an empty scene")

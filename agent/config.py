@@ -110,6 +110,8 @@ class ClassifyConfig:
     no_mask_threshold: float | None = setting(None, "float", "override the bundle's no-mask "
                                               "threshold", low=0.0, high=1.0, nullable=True)
     threads: int = setting(1, "int", "TFLite interpreter threads", low=1, high=16)
+    site_head: bool = setting(True, "bool", "use the head fitted here by `mask-agent adapt` "
+                              "(<state_dir>/site_head.json) when there is one")
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,8 @@ class HttpConfig:
     host: str = setting("127.0.0.1", "host", "bind address (localhost unless you need more)")
     port: int = setting(8080, "int", "port", low=1, high=65535)
     snapshot: bool = setting(False, "bool", "serve /snapshot.jpg (an image leaves the device)")
+    console: bool = setting(False, "bool", "serve the web console at / (status, people, "
+                            "labelling collected crops, adapt and revert)")
     max_upload_bytes: int = setting(5_000_000, "int", "largest /v1/predict upload", low=1024,
                                     high=100_000_000)
     token_env: str | None = setting(None, "str", "environment variable holding a bearer token "
@@ -214,6 +218,24 @@ class HttpConfig:
                                    "in the backlog or are refused", low=1, high=1024)
     timeout_s: float = setting(10.0, "float", "a connection idle this long is closed",
                                low=0.5, high=600)
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    collect: bool = setting(False, "bool", "keep face crops for labelling and site adaptation "
+                            "(STORES PICTURES OF FACES in <state_dir>/samples; see README, "
+                            "Privacy)")
+    max_samples: int = setting(2000, "int", "most crops kept (oldest unlabelled go first)",
+                               low=10, high=100_000)
+    max_mb: float = setting(50.0, "float", "most megabytes of crops kept", low=1, high=10_000)
+    retention_days: float = setting(30.0, "float", "crops older than this are deleted",
+                                    low=0.01, high=3650)
+    min_interval_s: float = setting(3.0, "float", "at most one crop per person this often",
+                                    low=0.0, high=3600)
+    near_margin: float = setting(0.2, "float", "keep faces whose no-mask score is this close "
+                                 "to the threshold", low=0.0, high=1.0)
+    random_share: float = setting(0.03, "float", "and this share of confident ones", low=0.0,
+                                  high=1.0)
 
 
 @dataclass(frozen=True)
@@ -232,6 +254,7 @@ class Config:
     outbox: OutboxConfig = section(OutboxConfig)
     homeassistant: HomeAssistantConfig = section(HomeAssistantConfig)
     http: HttpConfig = section(HttpConfig)
+    adapt: AdaptConfig = section(AdaptConfig)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some top-level fields or whole sections changed."""

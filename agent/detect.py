@@ -205,3 +205,23 @@ def create_detector(settings: DetectConfig, model_path: str | Path | None) -> De
         return BlazeFaceDetector(model_path, min_face=settings.min_face,
                                  score_threshold=min(settings.score_threshold, 0.5))
     raise ModelError(f"unknown detector {name!r} (choose one of {', '.join(DETECTORS)})")
+
+
+# a photo of one person (training data, labelled site crops): its subject's face
+PAD_FRACTION = 0.35  # context added around a photo before detection, per side
+MIN_FACE_FRACTION = 0.08  # smaller detections are background faces, not the subject
+
+
+def find_subject_face(image: np.ndarray, detector: Detector) -> Box | None:
+    """Box of the photo's main face (largest confident detection), in image pixels."""
+    h, w = image.shape[:2]
+    pad = int(round(max(h, w) * PAD_FRACTION))
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
+                                value=(114, 114, 114))
+    faces = detector.detect(padded)
+    faces = [f for f in faces if max(f.box[2], f.box[3]) >= MIN_FACE_FRACTION * max(h, w)]
+    if not faces:
+        return None
+    best = max(faces, key=lambda f: f.box[2] * f.box[3] * f.score)
+    x, y, bw, bh = best.box
+    return x - pad, y - pad, bw, bh

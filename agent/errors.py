@@ -11,6 +11,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unexpected internal error (a bug: please report it)
 EXIT_USAGE = 2  # wrong command-line arguments
+EXIT_NOT_ADAPTED = 3  # `adapt`: the new site head is not better; the current one stays
 EXIT_DATA = 65  # an input image or payload could not be decoded
 EXIT_NOINPUT = 66  # an input file or camera source does not exist / cannot be opened
 EXIT_UNAVAILABLE = 69  # the MQTT broker could not be reached

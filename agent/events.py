@@ -29,7 +29,7 @@ class EventContext:
     """What every event of this run shares."""
 
     device_id: str
-    model: dict  # {"name", "sha256"}
+    model: dict  # {"name", "sha256", "head"}
     frame_size: tuple[int, int]  # width, height
 
 
@@ -49,7 +49,8 @@ def build_event(transition: Transition, context: EventContext, wall_ts: float,
         "ts": iso(wall_ts),
         "box": [int(v) for v in track.box],
         "frame_size": [int(context.frame_size[0]), int(context.frame_size[1])],
-        "model": {"name": context.model.get("name"), "sha256": context.model.get("sha256")},
+        "model": {"name": context.model.get("name"), "sha256": context.model.get("sha256"),
+                  "head": context.model.get("head", "bundle")},
     }
 
 

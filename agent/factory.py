@@ -12,6 +12,7 @@ from pathlib import Path
 from .classify import Classifier
 from .config import ClassifyConfig, Config, DetectConfig, TrackConfig
 from .detect import Detector, create_detector
+from .head import head_path
 from .models import detector_model_path
 from .motion import MotionGate
 from .pipeline import Pipeline
@@ -24,9 +25,11 @@ def detector_from(settings: DetectConfig, state_dir: str | Path | None = None) -
     return create_detector(settings, model)
 
 
-def classifier_from(settings: ClassifyConfig) -> Classifier:
+def classifier_from(settings: ClassifyConfig, state_dir: str | Path | None = None) -> Classifier:
+    """The bundle's classifier, with the site head in `state_dir` when there is one."""
+    head = head_path(state_dir) if state_dir and settings.site_head else None
     return Classifier(settings.model, threads=settings.threads,
-                      no_mask_threshold=settings.no_mask_threshold)
+                      no_mask_threshold=settings.no_mask_threshold, head_file=head)
 
 
 def tracker_from(settings: TrackConfig) -> Tracker:
@@ -35,7 +38,8 @@ def tracker_from(settings: TrackConfig) -> Tracker:
 
 def pipeline_from(cfg: Config) -> Pipeline:
     """Detector + classifier + tracker from the config (ModelError when a model is bad)."""
-    return Pipeline(detector_from(cfg.detect, cfg.state_dir), classifier_from(cfg.classify),
-                    tracker_from(cfg.track), cfg.detect.fps, cfg.detect.roi,
+    return Pipeline(detector_from(cfg.detect, cfg.state_dir),
+                    classifier_from(cfg.classify, cfg.state_dir), tracker_from(cfg.track),
+                    cfg.detect.fps, cfg.detect.roi,
                     gate=MotionGate() if cfg.detect.motion_gate else None,
                     idle_check_s=cfg.detect.idle_check_s)

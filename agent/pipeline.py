@@ -12,17 +12,18 @@ publishing to the service.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from .camera import Frame
-from .classify import Classifier
+from .classify import Classifier, Prediction
 from .detect import Detector, Face
 from .motion import MotionGate
 from .preprocess import Box
-from .track import Tracker, Transition
+from .track import Track, Tracker, Transition
 
 STAGES = ("detect", "classify", "track")
 
@@ -81,6 +82,8 @@ class Pipeline:
         self.latest: list[FaceView] = []
         self._next_detect: float | None = None
         self._last_detect = float("-inf")
+        # called with (track, crop, prediction, ts) per classified face (sample collection)
+        self.on_classified: list[Callable[[Track, np.ndarray, Prediction, float], None]] = []
 
     def _detect(self, image: np.ndarray) -> list[Face]:
         region = roi_pixels(self.roi, image.shape[1], image.shape[0])
@@ -123,14 +126,17 @@ class Pipeline:
         tracks = self.tracker.update(boxes, frame.ts, lambda box: signature(frame.image, box))
         voting = [(t, b) for t, b in zip(tracks, boxes) if t.needs_vote()]
         t2 = time.perf_counter()
-        predictions = self.classifier.classify(frame.image, [b for _, b in voting])
+        crops = self.classifier.crops(frame.image, [b for _, b in voting]) if voting else []
+        predictions = self.classifier.predict_crops(crops) if voting else []
         t3 = time.perf_counter()
         transitions = []
-        for (track, _), prediction in zip(voting, predictions):
+        for (track, _), crop, prediction in zip(voting, crops, predictions):
             change = self.tracker.vote(track, prediction.label, prediction.confidence,
                                        frame.ts)
             if change is not None:
                 transitions.append(change)
+            for listener in self.on_classified:
+                listener(track, crop, prediction, frame.ts)
         self.latest = [FaceView(b, t.id, t.label) for t, b in zip(tracks, boxes)]
         t4 = time.perf_counter()
         s = self.stats

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
 import cv2
@@ -66,6 +67,13 @@ class Agent:
 
             self.http = HttpEndpoint(cfg, self)
         self.on_event: list[Callable[[dict], None]] = []  # extra listeners (the demo)
+        self.samples = None  # the site sample store, when adapt.collect is on
+        if cfg.adapt.collect:
+            from .site import collector_listener, open_store
+
+            self.samples = open_store(cfg)
+            self.pipeline.on_classified.append(
+                collector_listener(cfg, self.samples, self.pipeline.classifier))
         self.latest_frame: Frame | None = None
         self._context: EventContext | None = None
         self._clock_offset = 0.0
@@ -117,7 +125,8 @@ class Agent:
     def _emit(self, transition: Transition) -> None:
         assert self._context is not None
         track = transition.track
-        event = build_event(transition, self._context, track.last_seen + self._clock_offset,
+        context = replace(self._context, model=self.pipeline.classifier.identity())
+        event = build_event(transition, context, track.last_seen + self._clock_offset,
                             track.first_seen + self._clock_offset)
         was_degraded = self.outbox.degraded
         self.publisher.queue(self.topics.events, encode(event))

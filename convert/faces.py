@@ -15,11 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskwatch.agent.detect import Detector
+from maskwatch.agent.detect import Detector, find_subject_face
 from maskwatch.agent.preprocess import Box
-
-PAD_FRACTION = 0.35  # context added around a photo before detection, per side
-MIN_FACE_FRACTION = 0.08  # smaller detections are background faces, not the subject
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -31,21 +28,6 @@ def read_image(path: Path) -> np.ndarray | None:
     if image is None or image.size == 0:
         return None
     return image
-
-
-def find_subject_face(image: np.ndarray, detector: Detector) -> Box | None:
-    """Box of the photo's main face (largest confident detection), in image pixels."""
-    h, w = image.shape[:2]
-    pad = int(round(max(h, w) * PAD_FRACTION))
-    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
-                                value=(114, 114, 114))
-    faces = detector.detect(padded)
-    faces = [f for f in faces if max(f.box[2], f.box[3]) >= MIN_FACE_FRACTION * max(h, w)]
-    if not faces:
-        return None
-    best = max(faces, key=lambda f: f.box[2] * f.box[3] * f.score)
-    x, y, bw, bh = best.box
-    return x - pad, y - pad, bw, bh
 
 
 class FaceBoxCache:
