@@ -7,6 +7,8 @@
 - POST /v1/predict    an encoded image as the request body -> the JSON of `mask-agent detect`
                       (400 undecodable, 411 no length, 413 too many bytes or pixels,
                       503 while another prediction runs)
+- /, /console/...     the web console (agent/console.py) when `http.console` is on; it
+                      has its own login (the same token) and CSRF checks
 
 Once enabled it is an attack surface on a small device, so it is bounded everywhere:
 a bearer token (required off loopback) for everything but /healthz, at most
@@ -25,6 +27,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from .config import Config, http_token
 from .errors import ConfigError, InputError
@@ -45,6 +48,8 @@ class AgentView(Protocol):
     def snapshot_jpeg(self) -> bytes | None: ...
 
     def make_predictor(self) -> Any: ...
+
+    def make_console(self, token: str | None) -> Any: ...
 
 
 def prometheus(stats: dict) -> str:
@@ -130,6 +135,7 @@ class HttpEndpoint:
         self.token = http_token(cfg)
         self._predictor = None
         self._predict_slot = threading.Semaphore(1)  # decode + predict: one at a time
+        self.console = agent.make_console(self.token) if self.cfg.console else None
         try:
             self.server = BoundedServer((self.cfg.host, self.cfg.port), self._handler_class(),
                                         self.cfg.max_connections, self.cfg.timeout_s)
@@ -220,8 +226,32 @@ class HttpEndpoint:
                              type(exc).__name__)
                     self.close_connection = True
 
+            def _console(self, method: str, body: bytes = b"") -> bool:
+                """Serve the console's paths (True), or leave the request alone."""
+                path, _, query = self.path.partition("?")
+                if endpoint.console is None or not (path == "/" or path.startswith("/console")):
+                    return False
+                from .console import Request
+
+                reply = endpoint.console.handle(Request(
+                    method, path, parse_qs(query), self.headers, body,
+                    endpoint.token is not None and endpoint.authorised(
+                        self.headers.get("Authorization"))))
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("X-Frame-Options", "DENY")
+                self.end_headers()
+                self.wfile.write(reply.body)
+                return True
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0]
+                if self._console("GET"):
+                    return
                 if path == "/healthz":
                     ok, report = endpoint.agent.health_report()
                     self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, report)
@@ -264,6 +294,12 @@ class HttpEndpoint:
                 return self.rfile.read(length)
 
             def do_POST(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if endpoint.console is not None and path.startswith("/console"):
+                    body = self._body()
+                    if body is not None:
+                        self._console("POST", body)
+                    return
                 if not self._allowed():
                     return
                 if self.path.split("?", 1)[0] != "/v1/predict":

@@ -61,19 +61,22 @@ class Agent:
         self.publisher.on_connected.append(self.announcer.on_connect)
         if cfg.homeassistant.enabled:
             self.publisher.subscribe(self.topics.ha_status, self.announcer.on_ha_status)
+        self.on_event: list[Callable[[dict], None]] = []  # extra listeners (the demo)
+        self.samples = None  # the site sample store (collection on, or the console)
+        if cfg.adapt.collect or (cfg.http.enabled and cfg.http.console):
+            from .site import open_store
+
+            self.samples = open_store(cfg)
+        if cfg.adapt.collect:
+            from .site import collector_listener
+
+            self.pipeline.on_classified.append(
+                collector_listener(cfg, self.samples, self.pipeline.classifier))
         self.http = None
         if cfg.http.enabled:
             from .http import HttpEndpoint
 
             self.http = HttpEndpoint(cfg, self)
-        self.on_event: list[Callable[[dict], None]] = []  # extra listeners (the demo)
-        self.samples = None  # the site sample store, when adapt.collect is on
-        if cfg.adapt.collect:
-            from .site import collector_listener, open_store
-
-            self.samples = open_store(cfg)
-            self.pipeline.on_classified.append(
-                collector_listener(cfg, self.samples, self.pipeline.classifier))
         self.latest_frame: Frame | None = None
         self._context: EventContext | None = None
         self._clock_offset = 0.0
@@ -98,6 +101,14 @@ class Agent:
             for face in self.pipeline.latest])
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return buf.tobytes() if ok else None
+
+    def make_console(self, token: str | None):
+        """The web console, fed by this agent's events and stats."""
+        from .console import Console, PeopleLog
+
+        people = PeopleLog()
+        self.on_event.append(people.add)
+        return Console(self.cfg, token, self.stats, self.samples, people)
 
     def make_predictor(self):
         """A separate detector and classifier for HTTP requests (interpreters aren't shared)."""

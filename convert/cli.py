@@ -123,6 +123,35 @@ def run_export(args) -> int:
     return 0
 
 
+def add_features(sub) -> None:
+    p = sub.add_parser("features", help="add the pooled-features output to a bundle in place "
+                       "(scores unchanged; needed by site adaptation and re-identification)")
+    p.add_argument("bundle", type=Path)
+    p = sub.add_parser("anchors", help="write the bundle's anchor set: features of training "
+                       "faces per class, so a site refit never forgets the general case")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("data", nargs="+", help="class-folder training sets")
+    p.add_argument("--per-class", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--detector-model", help="YuNet ONNX (default: the agent's bundled one)")
+
+
+def run_features(args) -> int:
+    from .features import add_features
+
+    meta = add_features(args.bundle)
+    print(f"{args.bundle}: features output of {meta['features']['size']} values added")
+    return 0
+
+
+def run_anchors(args) -> int:
+    from .features import add_anchors
+
+    meta = add_anchors(args.bundle, args.data, args.per_class, args.seed, args.detector_model)
+    print(f"{args.bundle}: anchor set {meta['anchors']['per_class']}")
+    return 0
+
+
 def add_bench_seed(sub) -> None:
     p = sub.add_parser("bench-seed", help="the agent's defaults against the seed design "
                        "(Haar + float Keras MobileNetV2 1.0), fps side by side")
@@ -144,7 +173,7 @@ def run_bench_seed(args) -> int:
 
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export,
-            "bench-seed": run_bench_seed}
+            "bench-seed": run_bench_seed, "features": run_features, "anchors": run_anchors}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     add_evaluate(sub)
     add_export(sub)
     add_bench_seed(sub)
+    add_features(sub)
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)

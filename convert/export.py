@@ -27,6 +27,7 @@ from .augment import augmented_input
 from .dataset import scan
 from .errors import ConvertError, ParityError
 from .faces import FaceBoxCache, read_image
+from .features import FEATURES_NAME, with_features_output
 from .metrics import full_report
 
 BUNDLE_VERSION = 1
@@ -136,7 +137,7 @@ def export(run: Path, out: Path, name: str, io_type: str = "uint8", calibration:
     threshold = report.get("no_mask_threshold")
     model = keras.models.load_model(run / "model.keras")
     calib = representative_crops(config, spec, calibration, int(config.get("seed", 1)))
-    flatbuffer = convert_int8(model, calib, io_type, float_ops or [])
+    flatbuffer = with_features_output(convert_int8(model, calib, io_type, float_ops or []))
     meta = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -161,6 +162,8 @@ def export(run: Path, out: Path, name: str, io_type: str = "uint8", calibration:
     classifier = Classifier(out)
     details = classifier._interpreter
     inp, outp = details.get_input_details()[0], details.get_output_details()[0]
+    meta["features"] = {"output": FEATURES_NAME, "size": classifier.feature_size,
+                        "dtype": "int8", "quantization": classifier.feature_quantization()}
     meta["quantization"] = {
         "input": {"scale": float(inp["quantization"][0]),
                   "zero_point": int(inp["quantization"][1])},

@@ -49,7 +49,9 @@ done
 $PY -m maskwatch.agent bench-classify runs/*/bundle --out bench/classifier.json
 $PY -m maskwatch.convert.summary runs/*/ | tee bench/model_table.md
 if [ "${SHIP:-0}" = 1 ]; then
-  cp "runs/$DEFAULT/bundle/classifier.tflite" "runs/$DEFAULT/bundle/model.json" agent/default_model/
+  $PY -m maskwatch.convert anchors "runs/$DEFAULT/bundle" "${TRAIN[@]}" --detector-model "$YUNET"
+  cp "runs/$DEFAULT/bundle/classifier.tflite" "runs/$DEFAULT/bundle/model.json" \
+     "runs/$DEFAULT/bundle/anchors.npz" agent/default_model/
   echo "shipped runs/$DEFAULT as agent/default_model"
 else
   echo "ship it with: SHIP=1 ONLY=$DEFAULT bash convert/reproduce.sh"

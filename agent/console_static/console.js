@@ -1,0 +1,211 @@
+// maskwatch console: plain JavaScript, no build step, nothing fetched from outside the device.
+"use strict";
+
+const CSRF = document.querySelector('meta[name="csrf-token"]').content;
+const COLOURS = { with_mask: "#3a9a3a", without_mask: "#d03b3b", mask_weared_incorrect: "#e0a000" };
+const KEYS = { m: "with_mask", n: "without_mask", x: "skip" };
+const state = { tiles: [], cursor: 0, selected: new Set(), showLabelled: false, advice: 20 };
+
+const $ = (id) => document.getElementById(id);
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF },
+    body: JSON.stringify(body),
+  };
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+function say(text, isError) {
+  const el = $("message");
+  el.textContent = text;
+  el.className = isError ? "error" : "";
+}
+
+async function refreshStatus() {
+  try {
+    const s = await api("/console/api/status");
+    $("st-source").textContent = s.source;
+    $("st-broker").textContent = s.broker_connected ? "connected" : "not connected";
+    $("st-fps").textContent = s.fps;
+    $("st-outbox").textContent = `${s.outbox_depth} waiting`;
+    $("st-head").textContent = s.head && s.head.head ? s.head.head : "bundle";
+    $("status-line").textContent = `${s.source} · ${s.broker_connected ? "broker ok" : "no broker"}`;
+    state.advice = s.advice_per_class;
+    if (s.samples) showCounts(s.samples);
+    else $("counts").textContent = "Collection is off (adapt.collect: false): nothing to label.";
+  } catch (e) { say(`status: ${e.message}`, true); }
+}
+
+function showCounts(c) {
+  $("counts").textContent =
+    `mask ${c.with_mask} · no mask ${c.without_mask} · skipped ${c.skip} · to label ${c.unlabelled}`;
+  const short = Math.min(c.with_mask, c.without_mask) < state.advice;
+  $("advice").textContent = short
+    ? `Label at least ${state.advice} per class before adapting (5 is the minimum).`
+    : "Enough labels to adapt.";
+}
+
+async function refreshPeople() {
+  try {
+    const p = await api("/console/api/people?hours=6");
+    drawChart(p.chart);
+    $("recent").replaceChildren(...p.recent.map((e) => {
+      const li = document.createElement("li");
+      li.textContent = `#${e.track_id} ${e.label} (${Number(e.confidence).toFixed(2)}) ${e.type} ${e.ts}`;
+      return li;
+    }));
+  } catch (e) { say(`people: ${e.message}`, true); }
+}
+
+function drawChart(chart) {
+  const svg = $("chart");
+  const labels = Object.keys(chart.series);
+  const bins = labels.length ? chart.series[labels[0]].length : 36;
+  const totals = Array.from({ length: bins }, (_, i) =>
+    labels.reduce((sum, l) => sum + chart.series[l][i], 0));
+  const top = Math.max(1, ...totals);
+  const width = 360 / bins;
+  const parts = [];
+  for (let i = 0; i < bins; i++) {
+    let y = 120;
+    for (const label of labels) {
+      const h = (chart.series[label][i] / top) * 110;
+      if (h > 0) {
+        y -= h;
+        parts.push(`<rect x="${i * width}" y="${y}" width="${width - 1}" height="${h}" fill="${COLOURS[label] || "#888"}"><title>${label}: ${chart.series[label][i]}</title></rect>`);
+      }
+    }
+  }
+  svg.innerHTML = parts.join("");
+  $("legend").innerHTML = labels.map((l) =>
+    `<span class="legend-swatch" style="background:${COLOURS[l] || "#888"}"></span>${l}`).join("");
+}
+
+async function loadSamples() {
+  try {
+    const which = state.showLabelled ? "labelled" : "unlabelled";
+    const data = await api(`/console/api/samples?state=${which}&limit=200`);
+    state.tiles = data.samples;
+    state.cursor = Math.min(state.cursor, Math.max(0, state.tiles.length - 1));
+    state.selected.clear();
+    showCounts(data.counts);
+    renderGrid();
+  } catch (e) { say(`samples: ${e.message}`, true); }
+}
+
+function renderGrid() {
+  $("grid").replaceChildren(...state.tiles.map((s, i) => {
+    const tile = document.createElement("div");
+    tile.className = "tile" + (i === state.cursor ? " cursor" : "") +
+      (state.selected.has(s.id) ? " selected" : "");
+    tile.dataset.id = s.id;
+    if (s.label) tile.dataset.label = s.label;
+    const img = document.createElement("img");
+    img.src = `/console/api/crops/${s.id}.jpg`;
+    img.alt = `face ${s.id}`;
+    const pred = document.createElement("div");
+    pred.className = "pred";
+    pred.textContent = `${s.label ? "✓ " + s.label : s.predicted} ${s.confidence.toFixed(2)}`;
+    tile.append(img, pred);
+    tile.addEventListener("click", () => {
+      state.cursor = i;
+      if (state.selected.has(s.id)) state.selected.delete(s.id); else state.selected.add(s.id);
+      renderGrid();
+    });
+    return tile;
+  }));
+}
+
+async function label(ids, value) {
+  if (!ids.length) return;
+  try {
+    const result = await api("/console/api/label", { ids, label: value });
+    for (const tile of state.tiles) if (ids.includes(tile.id)) tile.label = value;
+    showCounts(result.counts);
+    say(`${result.changed} labelled ${value}`);
+    renderGrid();
+  } catch (e) { say(`label: ${e.message}`, true); }
+}
+
+function moveCursor(step) {
+  if (!state.tiles.length) return;
+  state.cursor = Math.max(0, Math.min(state.tiles.length - 1, state.cursor + step));
+  renderGrid();
+}
+
+document.addEventListener("keydown", async (event) => {
+  if (event.target.tagName === "INPUT" || event.ctrlKey || event.metaKey || event.altKey) return;
+  const value = KEYS[event.key];
+  if (value && state.tiles.length) {
+    event.preventDefault();
+    const ids = state.selected.size ? [...state.selected] : [state.tiles[state.cursor].id];
+    const advance = !state.selected.size;
+    await label(ids, value);
+    state.selected.clear();
+    if (advance) moveCursor(1); else renderGrid();
+  } else if (event.key === "ArrowRight") { moveCursor(1); }
+  else if (event.key === "ArrowLeft") { moveCursor(-1); }
+  else if (event.key === " " && state.tiles.length) {
+    event.preventDefault();
+    const id = state.tiles[state.cursor].id;
+    if (state.selected.has(id)) state.selected.delete(id); else state.selected.add(id);
+    renderGrid();
+  }
+});
+
+function metricRows(report) {
+  const row = (name, b, a) => `<tr><th>${name}</th><td>${b}</td><td>${a}</td></tr>`;
+  const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(1)} %`);
+  const after = report.after.site ? report.after : { site: {}, anchors: {} };
+  return [
+    row("site balanced accuracy", pct(report.before.site.balanced_accuracy), pct(after.site.balanced_accuracy)),
+    row("site no-mask recall", pct(report.before.site.no_mask_recall), pct(after.site.no_mask_recall)),
+    row("anchors accuracy", pct(report.before.anchors.accuracy), pct(after.anchors.accuracy)),
+  ].join("");
+}
+
+async function adapt(accept) {
+  say(accept ? "installing…" : "fitting…");
+  try {
+    const report = await api("/console/api/adapt", { accept });
+    $("adapt-result").hidden = false;
+    $("adapt-summary").textContent = report.reason;
+    $("adapt-table").innerHTML = metricRows(report);
+    $("accept").hidden = accept || !report.accepted;
+    say(report.installed ? `site head ${report.head} installed` :
+      report.accepted ? "Better on this site: accept it?" : "The current head stays.");
+    refreshStatus();
+  } catch (e) { say(`adapt: ${e.message}`, true); }
+}
+
+async function revert() {
+  try {
+    const result = await api("/console/api/revert", {});
+    say(result.reverted ? "back to the bundle's head" : "no site head was in use");
+    $("accept").hidden = true;
+    refreshStatus();
+  } catch (e) { say(`revert: ${e.message}`, true); }
+}
+
+$("bulk-mask").addEventListener("click", () => label([...state.selected], "with_mask"));
+$("bulk-nomask").addEventListener("click", () => label([...state.selected], "without_mask"));
+$("bulk-skip").addEventListener("click", () => label([...state.selected], "skip"));
+$("show-labelled").addEventListener("click", () => {
+  state.showLabelled = !state.showLabelled;
+  $("show-labelled").textContent = state.showLabelled ? "Show unlabelled" : "Show labelled";
+  loadSamples();
+});
+$("adapt").addEventListener("click", () => adapt(false));
+$("accept").addEventListener("click", () => adapt(true));
+$("revert").addEventListener("click", revert);
+
+refreshStatus();
+refreshPeople();
+loadSamples();
+setInterval(refreshStatus, 5000);
+setInterval(refreshPeople, 30000);
