@@ -123,15 +123,22 @@ def lipschitz(xc: np.ndarray, weights: np.ndarray, l2: float) -> float:
     return 0.25 * (top + bias_term) * 1.1 + l2
 
 
-def best_threshold(y: np.ndarray, p_no_mask: np.ndarray) -> float:
-    """The threshold with the best balanced accuracy, placed midway between neighbouring
-    scores (not on a sample); among ties the middle one."""
+def best_threshold(y: np.ndarray, p_no_mask: np.ndarray, prefer: float = 0.5,
+                   anchor_y: np.ndarray | None = None,
+                   anchor_p: np.ndarray | None = None) -> float:
+    """The threshold with the best balanced accuracy on (y, p_no_mask), placed midway
+    between neighbouring scores. Ties, which are wide when a site separates well, go to
+    the best balanced accuracy on the anchors, then to the one nearest `prefer` (the
+    bundle's operating point), so the general case keeps its calibration."""
     values = np.unique(p_no_mask)
     candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2,
                                  [(values[-1] + 1) / 2]])
-    scores = np.array([balanced_accuracy(y, (p_no_mask >= t).astype(int)) for t in candidates])
-    best = np.flatnonzero(scores >= scores.max() - 1e-12)
-    return float(np.clip(candidates[best[len(best) // 2]], 0.02, 0.98))
+    candidates = np.unique(np.concatenate([candidates, [prefer]]))
+    site = np.array([balanced_accuracy(y, (p_no_mask >= t).astype(int)) for t in candidates])
+    anchors = np.zeros(len(candidates)) if anchor_p is None else np.array(
+        [balanced_accuracy(anchor_y, (anchor_p >= t).astype(int)) for t in candidates])
+    order = np.lexsort((np.abs(candidates - prefer), -anchors, -site))
+    return float(np.clip(candidates[order[0]], 0.02, 0.98))
 
 
 def fold_ids(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -177,8 +184,10 @@ def fit_head(site_x: np.ndarray, site_y: np.ndarray, anchor_x: np.ndarray,
     for k in range(folds):
         z = site_x[fold == k] @ w[:, k] + b[k]
         out_of_fold[fold == k] = 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
-    threshold = best_threshold(site_y, out_of_fold)
-    head = Head(w[:, -1].copy(), float(b[-1]), threshold, prior.bundle_sha256,
+    full = Head(w[:, -1].copy(), float(b[-1]), 0.5, prior.bundle_sha256)
+    threshold = best_threshold(site_y, out_of_fold, prior.threshold, anchor_y,
+                               full.no_mask_probability(anchor_x))
+    head = Head(full.weights, full.bias, threshold, prior.bundle_sha256,
                 head_id or "site-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     after = {"site": metrics(site_y, out_of_fold, threshold),
              "anchors": metrics(anchor_y, head.no_mask_probability(anchor_x), threshold)}
