@@ -36,6 +36,7 @@ class FitOptions:
     folds: int = 5
     iterations: int = 250
     max_anchor_drop: float = 0.01  # accuracy on the anchors may drop this much at most
+    min_net_fixed: int = 1  # site faces the new head must set right, net of those it breaks
 
 
 @dataclass
@@ -81,15 +82,18 @@ def class_balanced_weights(y: np.ndarray, total: float) -> np.ndarray:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, prior_w: np.ndarray,
-                 prior_b: float, l2: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+                 prior_b: float, l2: float, iterations: int,
+                 overwrite_x: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Weighted L2 logistic regression for several weightings at once.
 
     x (N, F), y (N,), weights (N, K): column k is one fit (a zero weight leaves a sample
     out, e.g. its cross-validation fold). Minimises, per column, the weighted mean log
     loss + l2/2 |w - prior_w|^2 by Nesterov's accelerated gradient with a step from a
-    Lipschitz bound. Returns (W (F, K), b (K,))."""
-    mean = x.mean(axis=0)
-    xc = (x - mean).astype(np.float32)
+    Lipschitz bound. Returns (W (F, K), b (K,)). `overwrite_x`: centre x in place (no
+    copy of the data: the fit must fit beside the agent on a small device)."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    xc = x if overwrite_x and x.dtype == np.float32 else x.astype(np.float32)
+    xc -= mean.astype(np.float32)
     weights = weights / weights.sum(axis=0, keepdims=True)
     k = weights.shape[1]
     w0 = np.repeat(prior_w[:, None].astype(np.float64), k, axis=1)
@@ -171,7 +175,7 @@ def fit_head(site_x: np.ndarray, site_y: np.ndarray, anchor_x: np.ndarray,
                            {}, time.perf_counter() - started)
     folds = min(options.folds, min(counts.values()))
     fold = fold_ids(site_y, folds)
-    x = np.concatenate([anchor_x, site_x]).astype(np.float32)
+    x = np.concatenate([anchor_x, site_x], dtype=np.float32)
     y = np.concatenate([anchor_y, site_y])
     base = np.concatenate([class_balanced_weights(anchor_y, 1.0),
                            class_balanced_weights(site_y, options.site_share)])
@@ -179,7 +183,8 @@ def fit_head(site_x: np.ndarray, site_y: np.ndarray, anchor_x: np.ndarray,
     for k in range(folds):
         columns[k][len(anchor_y):][fold == k] = 0.0
     w, b = fit_logistic(x, y, np.stack(columns, axis=1), prior.weights, prior.bias,
-                        options.l2, options.iterations)
+                        options.l2, options.iterations, overwrite_x=True)
+    del x
     out_of_fold = np.zeros(len(site_y))
     for k in range(folds):
         z = site_x[fold == k] @ w[:, k] + b[k]
@@ -191,7 +196,11 @@ def fit_head(site_x: np.ndarray, site_y: np.ndarray, anchor_x: np.ndarray,
                 head_id or "site-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     after = {"site": metrics(site_y, out_of_fold, threshold),
              "anchors": metrics(anchor_y, head.no_mask_probability(anchor_x), threshold)}
-    accepted, reason = judge(before, after, options.max_anchor_drop)
+    old_right = (current_site_p >= in_use.threshold).astype(int) == site_y
+    new_right = (out_of_fold >= threshold).astype(int) == site_y
+    after["site"]["fixed"] = int(np.sum(new_right & ~old_right))
+    after["site"]["broken"] = int(np.sum(old_right & ~new_right))
+    accepted, reason = judge(before, after, options)
     report = AdaptReport(accepted, reason, counts, before, after,
                          time.perf_counter() - started, head)
     report.head = Head(head.weights, head.bias, head.threshold, head.bundle_sha256, head.id,
@@ -199,18 +208,23 @@ def fit_head(site_x: np.ndarray, site_y: np.ndarray, anchor_x: np.ndarray,
     return report
 
 
-def judge(before: dict, after: dict, max_anchor_drop: float) -> tuple[bool, str]:
+def judge(before: dict, after: dict, options: FitOptions) -> tuple[bool, str]:
+    """Accept on a site gain (cross-validated balanced accuracy up, and at least
+    `min_net_fixed` labelled faces set right net of those it breaks) that keeps the
+    anchors within `max_anchor_drop`."""
     site_gain = after["site"]["balanced_accuracy"] - before["site"]["balanced_accuracy"]
+    net_fixed = after["site"]["fixed"] - after["site"]["broken"]
     anchor_drop = before["anchors"]["accuracy"] - after["anchors"]["accuracy"]
     summary = (f"site balanced accuracy {before['site']['balanced_accuracy']:.1%} -> "
                f"{after['site']['balanced_accuracy']:.1%} (cross-validated), anchors "
                f"{before['anchors']['accuracy']:.1%} -> {after['anchors']['accuracy']:.1%}")
-    if site_gain <= 0:
-        return False, f"no gain on this site: {summary}; the current head stays"
-    if anchor_drop > max_anchor_drop + 1e-9:
+    if site_gain <= 0 or net_fixed < options.min_net_fixed:
+        return False, (f"no clear gain on this site ({net_fixed} faces set right net, "
+                       f"{options.min_net_fixed} needed): {summary}; the current head stays")
+    if anchor_drop > options.max_anchor_drop + 1e-9:
         return False, (f"it would forget the general case (anchors drop "
-                       f"{anchor_drop:.1%} > {max_anchor_drop:.0%}): {summary}; the current "
-                       f"head stays")
+                       f"{anchor_drop:.1%} > {options.max_anchor_drop:.0%}): {summary}; the "
+                       f"current head stays")
     return True, summary
 
 

@@ -152,6 +152,24 @@ def run_anchors(args) -> int:
     return 0
 
 
+def add_bench_adapt(sub) -> None:
+    p = sub.add_parser("bench-adapt", help="site adaptation on sites a bundle never saw: "
+                       "label k faces per class, adapt, score the rest (before/after)")
+    p.add_argument("--site", action="append", required=True, metavar="NAME=BUNDLE:DATA",
+                   help="a bundle and a site it never saw (class folders or a VOC scene set)")
+    p.add_argument("--detector-model", help="YuNet ONNX for photos (default: bundled)")
+    p.add_argument("--repeats", type=int, default=10, help="random draws per k")
+    p.add_argument("--min-face", type=int, default=20, help="VOC: smallest face used")
+    p.add_argument("--out", type=Path, default=Path("bench/adapt.json"))
+
+
+def run_bench_adapt(args) -> int:
+    from .adaptbench import bench_adapt, parse_site
+
+    return bench_adapt([parse_site(s) for s in args.site], args.detector_model, args.out,
+                       repeats=args.repeats, min_face=args.min_face)
+
+
 def add_bench_seed(sub) -> None:
     p = sub.add_parser("bench-seed", help="the agent's defaults against the seed design "
                        "(Haar + float Keras MobileNetV2 1.0), fps side by side")
@@ -173,7 +191,8 @@ def run_bench_seed(args) -> int:
 
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "export": run_export,
-            "bench-seed": run_bench_seed, "features": run_features, "anchors": run_anchors}
+            "bench-seed": run_bench_seed, "features": run_features, "anchors": run_anchors,
+            "bench-adapt": run_bench_adapt}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     add_export(sub)
     add_bench_seed(sub)
     add_features(sub)
+    add_bench_adapt(sub)
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)

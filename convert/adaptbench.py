@@ -1,0 +1,192 @@
+"""`mask-convert bench-adapt`: does site adaptation help on sites the model never saw?
+
+For each site (a bundle that never saw it + that site's labelled faces): draw k faces per
+class as the operator's labels, run the device's own fit (`maskwatch.agent.adapt`, the
+bundle's anchor set included), and score the site's other faces before and after, as the
+agent would decide them (a refused head leaves the current one in place). Repeated over
+random draws; prints the curve and writes JSON. Also measures the refit on 2,000 samples
+(seconds, peak extra memory) and the per-face cost with a site head in use.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.agent.adapt import FitOptions, fit_head, metrics
+from maskwatch.agent.bench import machine, write_json
+from maskwatch.agent.classify import Classifier
+from maskwatch.agent.config import DetectConfig
+from maskwatch.agent.decision import MASK, NO_MASK
+from maskwatch.agent.detect import create_detector, find_subject_face
+from maskwatch.agent.head import Head
+from maskwatch.agent.preprocess import face_input, whole_image_box
+from maskwatch.agent.voc import is_voc, read_voc
+
+from .dataset import scan
+from .errors import ConvertError
+from .faces import read_image
+
+KS = (5, 10, 20, 50)
+
+
+@dataclass
+class Site:
+    name: str
+    bundle: Path
+    data: Path
+
+
+def parse_site(text: str) -> Site:
+    """NAME=BUNDLE:DATA"""
+    try:
+        name, rest = text.split("=", 1)
+        bundle, data = rest.split(":", 1)
+    except ValueError:
+        raise ConvertError(f"--site {text!r}: expected NAME=BUNDLE_DIR:DATA_DIR") from None
+    return Site(name, Path(bundle), Path(data))
+
+
+def site_faces(site: Site, classifier: Classifier, detector_model: str | None, min_face: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels 1 = without_mask, bundle P(no mask)) of the site's faces, cropped
+    as the device crops them (VOC: the annotated box; photos: the subject face)."""
+    crops, labels = [], []
+    if is_voc(site.data):
+        for face in read_voc(site.data):
+            if face.label in (MASK, NO_MASK) and face.size >= min_face:
+                image = read_image(face.image)
+                if image is not None:
+                    crops.append(face_input(image, face.box, classifier.crop))
+                    labels.append(int(face.label == NO_MASK))
+    else:
+        detector = create_detector(DetectConfig(detector="yunet", max_side=640, min_face=8),
+                                   detector_model)
+        for sample in scan([str(site.data)], [MASK, NO_MASK]).samples:
+            image = read_image(sample.path)
+            if image is None:
+                continue
+            box = find_subject_face(image, detector) or whole_image_box(image, classifier.crop)
+            crops.append(face_input(image, box, classifier.crop))
+            labels.append(int(sample.label == NO_MASK))
+    if not crops:
+        raise ConvertError(f"site {site.name}: no faces in {site.data}")
+    scores, features = classifier.infer(np.stack(crops))
+    return features, np.array(labels), scores[:, classifier.labels.index(NO_MASK)]
+
+
+def simulate(x, y, p_bundle, classifier: Classifier, ks, repeats: int, seed: int,
+             options: FitOptions | None = None) -> list[dict]:
+    prior = classifier.bundle_head()
+    anchor_x, anchor_y = classifier.anchors()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in ks:
+        if min(np.sum(y == 0), np.sum(y == 1)) < 2 * k:
+            continue
+        before, after, accepted, seconds = [], [], 0, []
+        for _ in range(repeats):
+            chosen = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False)
+                                     for c in (0, 1)])
+            rest = np.setdiff1d(np.arange(len(y)), chosen)
+            b = metrics(y[rest], p_bundle[rest], prior.threshold)
+            report = fit_head(x[chosen], y[chosen], anchor_x, anchor_y, prior, None,
+                              p_bundle[chosen], options or FitOptions())
+            seconds.append(report.seconds)
+            if report.accepted:
+                accepted += 1
+                a = metrics(y[rest], report.head.no_mask_probability(x[rest]),
+                            report.head.threshold)
+            else:
+                a = b
+            before.append(b)
+            after.append(a)
+        rows.append(summarise(k, before, after, accepted, repeats, seconds))
+    return rows
+
+
+def summarise(k, before, after, accepted, repeats, seconds) -> dict:
+    def mean(rows, key):
+        return round(float(np.mean([r[key] for r in rows])), 4)
+
+    gains = [a["balanced_accuracy"] - b["balanced_accuracy"] for a, b in zip(after, before)]
+    return {"k": k, "repeats": repeats, "accepted": accepted,
+            "balanced_accuracy_before": mean(before, "balanced_accuracy"),
+            "balanced_accuracy_after": mean(after, "balanced_accuracy"),
+            "balanced_accuracy_after_min": round(min(a["balanced_accuracy"] for a in after), 4),
+            "worst_change": round(min(gains), 4),
+            "no_mask_recall_before": mean(before, "no_mask_recall"),
+            "no_mask_recall_after": mean(after, "no_mask_recall"),
+            "fit_s_mean": round(float(np.mean(seconds)), 3)}
+
+
+def refit_cost(x, y, classifier: Classifier, n: int = 2000) -> dict:
+    """Seconds and peak traced memory (numpy included) of one refit on n site samples."""
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(y), n, replace=len(y) < n)
+    anchor_x, anchor_y = classifier.anchors()
+    prior = classifier.bundle_head()
+    p = prior.no_mask_probability(x[idx])
+    tracemalloc.start()
+    started = time.perf_counter()
+    fit_head(x[idx], y[idx], anchor_x, anchor_y, prior, None, p)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"samples": n, "seconds": round(seconds, 3), "peak_extra_mb": round(peak / 2**20, 1)}
+
+
+def per_face_ms(classifier: Classifier, runs: int = 2000) -> dict:
+    """Per-face latency with the bundle's head and with a site head in use."""
+    crop = np.random.default_rng(0).integers(0, 256, (1, classifier.crop.size,
+                                                      classifier.crop.size, 3), np.uint8)
+    out = {}
+    bundle = classifier.bundle_head()
+    for name, head in (("bundle_head", None),
+                       ("site_head", Head(bundle.weights, bundle.bias, 0.5,
+                                          classifier.info.sha256, "site-bench"))):
+        classifier.heads._head = head  # noqa: SLF001 (a bench pins the head in use)
+        classifier.heads.check_s = 1e9
+        for _ in range(50):
+            classifier.predict_crops(crop)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            classifier.predict_crops(crop)
+            times.append(time.perf_counter() - t0)
+        out[name] = round(float(np.median(times)) * 1000, 4)
+    return out
+
+
+def bench_adapt(sites: list[Site], detector_model: str | None, out: Path, repeats: int = 10,
+                min_face: int = 20, seed: int = 1) -> int:
+    results = []
+    print(f"{'site':<16} {'k':>3} {'bal.acc before':>15} {'after':>7} {'min after':>10} "
+          f"{'worst change':>13} {'no-mask recall':>15} {'accepted':>9}")
+    cost = face_cost = None
+    for site in sites:
+        classifier = Classifier(site.bundle)
+        x, y, p = site_faces(site, classifier, detector_model, min_face)
+        rows = simulate(x, y, p, classifier, KS, repeats, seed)
+        for r in rows:
+            print(f"{site.name:<16} {r['k']:>3} {r['balanced_accuracy_before']:>15.1%} "
+                  f"{r['balanced_accuracy_after']:>7.1%} {r['balanced_accuracy_after_min']:>10.1%} "
+                  f"{r['worst_change']:>+13.1%} {r['no_mask_recall_before']:>6.1%} -> "
+                  f"{r['no_mask_recall_after']:>6.1%} {r['accepted']:>5}/{r['repeats']}")
+        results.append({"site": site.name, "bundle": str(site.bundle), "data": str(site.data),
+                        "faces": {"with_mask": int(np.sum(y == 0)),
+                                  "without_mask": int(np.sum(y == 1))}, "curve": rows})
+        if cost is None or len(y) > cost["site_faces"]:
+            cost = {**refit_cost(x, y, classifier), "site": site.name, "site_faces": len(y)}
+        if face_cost is None:
+            face_cost = per_face_ms(classifier)
+    print(f"refit on {cost['samples']} samples: {cost['seconds']:.2f} s, "
+          f"{cost['peak_extra_mb']:.1f} MB peak extra; per face: bundle head "
+          f"{face_cost['bundle_head']:.3f} ms, site head {face_cost['site_head']:.3f} ms")
+    write_json(out, {"machine": machine(), "repeats": repeats, "min_face": min_face,
+                     "sites": results, "refit": cost, "per_face_ms": face_cost})
+    return 0
