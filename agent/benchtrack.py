@@ -109,6 +109,9 @@ def scenarios(crops: dict) -> dict[str, list[Actor]]:
                                hidden=range(40, 48)),
                          Actor(m[3], MASK, (500, 280), (-4, 0), range(110),
                                hidden=range(60, 75))]
+    out["looks away 2.4 s"] = [  # longer than max_missed_s: only appearance can rejoin
+        Actor(n[5 % len(n)], NO_MASK, (60, 120), (1.0, 0), range(260), hidden=range(70, 130)),
+        Actor(m[6 % len(m)], MASK, (420, 260), (-1.0, 0), range(260), hidden=range(150, 210))]
     out["mask put on"] = [Actor(n[4 % len(n)], MASK, (120, 150), (1.0, 0), range(200),
                                 later=m[5 % len(m)], later_from=80)]
     out["poster and a passer-by"] = [

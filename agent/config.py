@@ -144,6 +144,14 @@ class TrackConfig:
                                   low=0.0, high=10)
     static_check: bool = setting(True, "bool", "a face that never moves (poster, photo) "
                                  "produces no events; a person sitting still still moves a little")
+    reid_s: float = setting(3.0, "float", "a decided person lost for up to this long after "
+                            "max_missed_s is recognised by appearance when a face reappears "
+                            "nearby (their `end` waits as long); 0: off", low=0.0, high=60)
+    reid_distance: float = setting(0.12, "float", "largest cosine distance between appearance "
+                                   "embeddings (classifier features) for the same person",
+                                   low=0.0, high=1.0)
+    reid_max_distance: float = setting(4.0, "float", "and at most this far from where they "
+                                       "were lost (face sizes)", low=0.0, high=100)
 
 
 @dataclass(frozen=True)

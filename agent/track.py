@@ -4,7 +4,9 @@ Matching: each track predicts where its face is now (constant velocity, smoothed
 last detections), and detections are matched greedily to the predictions by overlap (IoU)
 or, failing that, by centre distance measured in face sizes, so a face that moves fast or
 is missed for a moment (a head turn, a hand) keeps its person. A track unseen for
-`max_missed_s` has ended.
+`max_missed_s` is lost; a decided person lost for up to `reid_s` more is recognised by
+appearance (the classifier's pooled features, cosine distance) when a new face appears
+near where they were lost, and continues under the same id; then, or otherwise, it ends.
 
 Voting: each track collects the classifier's votes; its label is decided once `min_votes`
 votes agree by `agreement` and the face has been seen for `min_seen_s` (in at least
@@ -35,6 +37,7 @@ from .config import TrackConfig
 from .preprocess import Box
 
 RECHECK_EVERY = 3  # a decided track is classified again every Nth detection (label changes)
+LOST_KEPT = 32  # lost people remembered for re-identification at most (bounded memory)
 VELOCITY_SMOOTHING = 0.5  # weight of the newest velocity estimate
 ALIVE_MOVE = 0.15  # the box centre moved this share of the face size: a live person
 ALIVE_PIXELS = 4.0  # mean grey-level change of the face signature: a live person
@@ -81,6 +84,7 @@ class Track:
     signature: np.ndarray | None = None  # the first grey face thumbnail
     changed_at: float | None = None  # when the label last changed (update)
     previous_label: str | None = None
+    embedding: np.ndarray | None = None  # unit-length mean of its classifier features
 
     def predicted(self, ts: float) -> Box:
         """Where the face should be at `ts`, moving as it did."""
@@ -125,6 +129,10 @@ class Track:
             self.alive = change >= ALIVE_PIXELS
 
 
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
 @dataclass(frozen=True)
 class Transition:
     kind: str  # "new", "update" or "end"
@@ -137,6 +145,7 @@ class Tracker:
     def __init__(self, rules: TrackConfig) -> None:
         self.rules = rules
         self.tracks: list[Track] = []
+        self.lost: list[Track] = []  # decided people unseen past max_missed_s, not yet ended
         self._next_id = 1
 
     def _pairs(self, boxes: list[Box], ts: float) -> list[tuple[float, int, int]]:
@@ -244,6 +253,8 @@ class Tracker:
         A person who left before a decision still gets one `new` (majority of their
         votes) when they were seen for `min_seen_s` with at least two votes and showed
         life; a stray detection, a passer-by glimpsed for a moment or a poster get nothing.
+        A decided person with an appearance embedding is first `lost` for `reid_s`: a face
+        that reappears nearby and looks the same continues them (`observe_appearance`).
         """
         out: list[Transition] = []
         alive: list[Track] = []
@@ -255,7 +266,52 @@ class Tracker:
                     len(track.votes) >= min(2, self.rules.min_votes):
                 track.label = Counter(lbl for lbl, *_ in track.votes).most_common(1)[0][0]
                 out.append(Transition("new", track))
-            if track.label is not None:
+            if track.label is None:
+                continue
+            if not everything and self.rules.reid_s > 0 and track.embedding is not None:
+                self.lost.append(track)
+            else:
                 out.append(Transition("end", track))
         self.tracks = alive
+        out.extend(self._forget_lost(ts, everything))
         return out
+
+    def _forget_lost(self, ts: float, everything: bool) -> list[Transition]:
+        """`end` for lost people past the re-identification window (or beyond LOST_KEPT)."""
+        deadline = self.rules.max_missed_s + self.rules.reid_s
+        gone = [t for t in self.lost if everything or ts - t.last_seen > deadline]
+        kept = [t for t in self.lost if t not in gone]
+        gone += kept[:max(0, len(kept) - LOST_KEPT)]
+        self.lost = kept[max(0, len(kept) - LOST_KEPT):]
+        return [Transition("end", t) for t in gone]
+
+    def observe_appearance(self, track: Track, features: np.ndarray, ts: float) -> Track:
+        """Add a face's classifier features to its track's appearance. A new, undecided
+        track that looks like a person lost nearby moments ago becomes that person again
+        (same id, votes and label: no second `new`). Returns the track the face is on."""
+        if not features.size:
+            return track
+        f = unit(features.astype(np.float32))
+        track.embedding = f if track.embedding is None else unit(0.8 * track.embedding + 0.2 * f)
+        if track.label is not None or track.hits > 2 or not self.lost:
+            return track
+        best, best_distance = None, self.rules.reid_distance
+        for lost in self.lost:
+            distance = 1.0 - float(lost.embedding @ f)
+            near = centre_distance(lost.box, track.box) <= self.rules.reid_max_distance
+            if near and distance <= best_distance:
+                best, best_distance = lost, distance
+        if best is None:
+            return track
+        self.lost.remove(best)
+        self._continue(best, track)
+        return track
+
+    @staticmethod
+    def _continue(lost: Track, track: Track) -> None:
+        """`track` (a fresh detection) carries on as the lost person."""
+        track.id, track.first_seen = lost.id, lost.first_seen
+        track.votes, track.label = lost.votes, lost.label
+        track.previous_label, track.changed_at = lost.previous_label, lost.changed_at
+        track.alive = True
+        track.embedding = unit(lost.embedding + track.embedding)

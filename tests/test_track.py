@@ -190,3 +190,46 @@ def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
         assert r["id_switches"] == r["fragments"] == r["flip_flops"] == 0, name
         assert r["poster_people"] == 0, name
         assert r["updates"] == (1 if name == "mask put on" else 0), name
+
+
+def seen(tracker, box, ts, features, label="with_mask"):
+    """One detection of a face with its classifier features; returns (track, transitions)."""
+    track = tracker.update([box], ts)[0]
+    track = tracker.observe_appearance(track, features, ts)
+    change = tracker.vote(track, label, 0.9, ts) if track.needs_vote() else None
+    return track, ([change] if change else []) + tracker.expire(ts)
+
+
+def test_a_person_looking_away_longer_than_max_missed_is_recognised_by_appearance():
+    rules = TrackConfig(max_missed_s=0.5, min_votes=3, min_seen_s=0.0, reid_s=3.0)
+    face = np.random.default_rng(0).random(1280).astype(np.float32)
+    other = np.random.default_rng(1).random(1280).astype(np.float32) - 0.5
+    tracker = Tracker(rules)
+    events = []
+    for i in range(6):
+        track, out = seen(tracker, (100 + i, 50, 40, 40), i * 0.1, face)
+        events += out
+    first = track.id
+    events += tracker.expire(2.0)  # 1.5 s unseen: lost, not ended
+    assert [t.kind for t in events] == ["new"] and len(tracker.lost) == 1
+    back, out = seen(tracker, (130, 52, 40, 40), 2.1, face + 0.01)  # nearby, same look
+    assert back.id == first and back.label == "with_mask" and out == []
+    stranger, out = seen(tracker, (300, 50, 40, 40), 2.1, other)  # looks different
+    assert stranger.id != first
+    ended = tracker.expire(20.0, everything=True)
+    assert sorted(t.track.id for t in ended if t.kind == "end") == [first]
+
+
+def test_a_lost_person_ends_after_the_window_and_far_or_different_faces_are_new():
+    rules = TrackConfig(max_missed_s=0.5, min_votes=3, min_seen_s=0.0, reid_s=1.0)
+    face = np.random.default_rng(2).random(1280).astype(np.float32)
+    tracker = Tracker(rules)
+    for i in range(6):
+        track, _ = seen(tracker, (100, 50, 40, 40), i * 0.1, face)
+    first = track.id
+    far, _ = seen(tracker, (600, 400, 40, 40), 1.2, face)  # same look, 12 faces away
+    assert far.id != first
+    out = tracker.expire(2.7)
+    assert [(t.kind, t.track.id) for t in out] == [("end", first)] and not tracker.lost
+    late, _ = seen(tracker, (100, 50, 40, 40), 2.8, face)  # after the window: a new person
+    assert late.id not in (first, far.id)
