@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -52,6 +53,18 @@ def write_json(path: str | Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"results written to {path}")
+
+
+def timings(call, runs: int, warmup: int = 20) -> list[float]:
+    """Seconds per call of `call()`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def peak_rss_mb() -> float:
@@ -320,13 +333,7 @@ def bench_classifier(cfg: Config, bundles: list[str | None], out: str, runs: int
                                              threads=1))
         size = classifier.crop.size
         crop = np.random.default_rng(0).integers(0, 255, (1, size, size, 3), np.uint8)
-        for _ in range(20):
-            classifier.scores(crop)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            classifier.scores(crop)
-            times.append(time.perf_counter() - t0)
+        times = timings(partial(classifier.scores, crop), runs)
         meta = classifier.info.meta
         results.append({
             "bundle": str(classifier.info.path.parent),

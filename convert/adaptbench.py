@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 import tracemalloc
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from maskwatch.agent.adapt import FitOptions, fit_head, metrics
-from maskwatch.agent.bench import machine, write_json
+from maskwatch.agent.bench import machine, timings, write_json
 from maskwatch.agent.classify import Classifier
 from maskwatch.agent.config import DetectConfig
 from maskwatch.agent.decision import MASK, NO_MASK
@@ -151,13 +152,7 @@ def per_face_ms(classifier: Classifier, runs: int = 2000) -> dict:
                                           classifier.info.sha256, "site-bench"))):
         classifier.heads._head = head  # noqa: SLF001 (a bench pins the head in use)
         classifier.heads.check_s = 1e9
-        for _ in range(50):
-            classifier.predict_crops(crop)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            classifier.predict_crops(crop)
-            times.append(time.perf_counter() - t0)
+        times = timings(partial(classifier.predict_crops, crop), runs, warmup=50)
         out[name] = round(float(np.median(times)) * 1000, 4)
     return out
 

@@ -121,6 +121,20 @@ def state_dir(tmp_path_factory, shared) -> Path:
     return state
 
 
+def http_request(target: str, data: bytes | None = None, headers: dict | None = None):
+    """(status, body) of a GET (or a POST of `data`), HTTP errors included."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(target, data=data, headers=headers or {},
+                                 method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from maskwatch.agent.preprocess import face_input, whole_image_box
 from maskwatch.agent.service import Agent
 
 from .conftest import free_port, need_module, need_tool
+from .conftest import http_request as fetch
 
 TOKEN = "console-test-token-1234"
 ARTIFACTS = Path(os.environ.get("MASKWATCH_ARTIFACTS",
@@ -74,16 +73,6 @@ def console_agent(tmp_path, shared, monkeypatch):
 
 def base(agent: Agent) -> str:
     return f"http://127.0.0.1:{agent.http.port}"
-
-
-def fetch(target: str, data: bytes | None = None, headers: dict | None = None):
-    req = urllib.request.Request(target, data=data, headers=headers or {},
-                                 method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def test_console_refuses_without_the_token_and_without_csrf(console_agent):

@@ -12,8 +12,6 @@ import socket
 import struct
 import threading
 import time
-import urllib.error
-import urllib.request
 import zlib
 
 import cv2
@@ -26,6 +24,7 @@ from maskwatch.agent.pipeline import FaceView
 from maskwatch.agent.service import Agent
 
 from .conftest import free_port
+from .conftest import http_request as request
 
 
 def make_agent(tmp_path, *settings: str) -> Agent:
@@ -46,16 +45,6 @@ def agent(tmp_path):
 
 def url(agent: Agent, path: str) -> str:
     return f"http://127.0.0.1:{agent.http.port}{path}"
-
-
-def request(target, data: bytes | None = None, headers: dict | None = None):
-    req = urllib.request.Request(target, data=data, headers=headers or {},
-                                 method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def raw(agent: Agent, text: bytes) -> bytes:
