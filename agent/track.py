@@ -147,6 +147,8 @@ class Tracker:
         self.tracks: list[Track] = []
         self.lost: list[Track] = []  # decided people unseen past max_missed_s, not yet ended
         self._next_id = 1
+        self._last_update: float | None = None
+        self.interval = 0.0  # time between detector runs now (what one detection covers)
 
     def _pairs(self, boxes: list[Box], ts: float) -> list[tuple[float, int, int]]:
         """(score, track index, box index) for every plausible match, best first: overlap
@@ -172,6 +174,9 @@ class Tracker:
         prove it is alive; without it, such a face counts as alive."""
         matched: dict[int, Track] = {}
         used: set[int] = set()
+        if self._last_update is not None and ts > self._last_update:
+            self.interval = min(ts - self._last_update, self.rules.max_missed_s)
+        self._last_update = ts
         for track in self.tracks:
             track.opportunities += 1
         for _, ti, bi in self._pairs(boxes, ts):
@@ -233,8 +238,12 @@ class Tracker:
         """Seen for `min_seen_s`, and in at least `min_hit_ratio` of the detector runs
         meanwhile. Counting by time and by share, not by number of detections, keeps people
         counts from growing with the detection rate: a face the detector only catches now
-        and then would otherwise collect enough hits at 30 runs per second, not at 5."""
-        return (track.last_seen - track.first_seen >= self.rules.min_seen_s and
+        and then would otherwise collect enough hits at 30 runs per second, not at 5. Each
+        detection stands for the interval between detector runs, so the time seen is the
+        span of its detections plus one interval: at 5 runs per second the span alone
+        would come out 0.2 s short of what 30 runs per second measure."""
+        seen = track.last_seen - track.first_seen + self.interval
+        return (seen >= self.rules.min_seen_s and
                 track.hits >= self.rules.min_hit_ratio * track.opportunities)
 
     def _try_decide(self, track: Track) -> Transition | None:
