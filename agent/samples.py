@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from .decision import MASK, NO_MASK
-from .errors import UsageError
+from .errors import StateError, UsageError
 
 SKIP = "skip"
 HUMAN_LABELS = (MASK, NO_MASK, SKIP)
@@ -82,7 +82,7 @@ class SampleStore:
             self._db.execute(SCHEMA)
             self._db.commit()
         except (OSError, sqlite3.Error) as exc:
-            raise UsageError(f"cannot open the sample store in {self.folder}: {exc}") from None
+            raise StateError(f"cannot open the sample store in {self.folder}: {exc}") from None
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
