@@ -140,11 +140,13 @@ def cookie_value(headers: Any, name: str) -> str | None:
 
 class Console:
     def __init__(self, cfg: Config, token: str | None, stats: Callable[[], dict],
-                 store: SampleStore | None, people: PeopleLog) -> None:
-        self.cfg, self.token, self.stats = cfg, token, stats
+                 store: SampleStore | None, people: PeopleLog,
+                 model: Callable[[], dict]) -> None:
+        self.cfg, self.token, self.stats, self.model = cfg, token, stats, model
         self.store, self.people = store, people
         self.sessions = Sessions()
         self._classifier = None  # its own, made on first adapt (interpreters aren't shared)
+        # model(): the running classifier's identity {"name", "sha256", "head"}
         self._adapt_lock = threading.Lock()
 
     # --- dispatch -----------------------------------------------------------------------
@@ -229,15 +231,12 @@ class Console:
 
     # --- API ------------------------------------------------------------------------------
     def status(self, _: Request) -> Reply:
-        from .site import head_status
-
         stats = self.stats()
-        head = head_status(self.cfg, self.classifier()) if self.store is not None else {}
         return Reply.json({
             "source": stats["source"], "broker_connected": stats["broker_connected"],
             "fps": stats["fps"], "outbox_depth": stats["outbox_depth"],
             "people": stats["people"], "uptime_s": stats["uptime_s"],
-            "collecting": self.cfg.adapt.collect, "head": head,
+            "collecting": self.cfg.adapt.collect, "model": self.model(),
             "samples": self.store.counts() if self.store else None,
             "advice_per_class": ADVISED_PER_CLASS})
 

@@ -108,7 +108,8 @@ class Agent:
 
         people = PeopleLog()
         self.on_event.append(people.add)
-        return Console(self.cfg, token, self.stats, self.samples, people)
+        return Console(self.cfg, token, self.stats, self.samples, people,
+                       self.pipeline.classifier.identity)
 
     def make_predictor(self):
         """A separate detector and classifier for HTTP requests (interpreters aren't shared)."""

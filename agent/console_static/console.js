@@ -33,7 +33,7 @@ async function refreshStatus() {
     $("st-broker").textContent = s.broker_connected ? "connected" : "not connected";
     $("st-fps").textContent = s.fps;
     $("st-outbox").textContent = `${s.outbox_depth} waiting`;
-    $("st-head").textContent = s.head && s.head.head ? s.head.head : "bundle";
+    $("st-head").textContent = `${s.model.head} (${s.model.name})`;
     $("status-line").textContent = `${s.source} · ${s.broker_connected ? "broker ok" : "no broker"}`;
     state.advice = s.advice_per_class;
     if (s.samples) showCounts(s.samples);
