@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .head import Head
+from .head import Head, sigmoid
 
 MIN_PER_CLASS = 5  # below this a fit is refused: cross-validation needs both classes
 ADVISED_PER_CLASS = 20  # what the console advises (the benchmark's k = 20)
@@ -109,7 +109,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, prior_w: np.
         momentum = i / (i + 3.0)
         vw, vb = w + momentum * (w - w_prev), b + momentum * (b - b_prev)
         z = xc @ vw.astype(np.float32) + vb
-        residual = (1.0 / (1.0 + np.exp(-np.clip(z, -40, 40))) - yk) * weights
+        residual = (sigmoid(z) - yk) * weights
         grad_w = (xc.T @ residual.astype(np.float32)) + l2 * (vw - w0)
         grad_b = residual.sum(axis=0)
         w_prev, b_prev = w, b
@@ -194,7 +194,7 @@ def fit_head(site_x: np.ndarray, site_y: np.ndarray, anchor_x: np.ndarray,
         for k in range(folds):
             column = r * folds + k
             z = site_x[fold == k] @ w[:, column] + b[column]
-            out_of_fold[r, fold == k] = 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+            out_of_fold[r, fold == k] = sigmoid(z)
     repeated_y = np.tile(site_y, len(assignments))
     out_of_fold = out_of_fold.ravel()
     full = Head(w[:, -1].copy(), float(b[-1]), 0.5, prior.bundle_sha256)

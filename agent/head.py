@@ -28,6 +28,11 @@ BUNDLE_HEAD = "bundle"  # what events name when no site head is in use
 log = logging.getLogger("maskwatch.head")
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, clipped so that large logits cannot overflow exp()."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
 @dataclass(frozen=True)
 class Head:
     weights: np.ndarray  # (F,) float32
@@ -39,8 +44,7 @@ class Head:
 
     def no_mask_probability(self, features: np.ndarray) -> np.ndarray:
         """P(without_mask) per row of (N, F) features."""
-        z = features @ self.weights + self.bias
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+        return sigmoid(features @ self.weights + self.bias)
 
     def to_json(self) -> dict:
         return {"format": HEAD_FORMAT, "id": self.id, "bundle_sha256": self.bundle_sha256,
@@ -100,6 +104,10 @@ class HeadFile:
         if time.monotonic() >= self._next_check:
             self.refresh()
         return self._head
+
+    def pin(self, head: Head | None) -> None:
+        """Use `head` from now on and stop watching the file (benchmarks)."""
+        self._head, self.path = head, None
 
     def refresh(self, force: bool = False) -> None:
         self._next_check = time.monotonic() + self.check_s

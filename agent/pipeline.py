@@ -131,7 +131,7 @@ class Pipeline:
         t3 = time.perf_counter()
         transitions = []
         for (track, _), crop, prediction in zip(voting, crops, predictions):
-            track = self.tracker.observe_appearance(track, prediction.features, frame.ts)
+            self.tracker.observe_appearance(track, prediction.features, frame.ts)
             change = self.tracker.vote(track, prediction.label, prediction.confidence,
                                        frame.ts)
             if change is not None:

@@ -11,6 +11,8 @@ import numpy as np
 from .decision import MASK, NO_MASK
 from .errors import InputError, SourceError
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}  # what decode_image reads
+
 
 class ImageTooLarge(InputError):
     """The image's header declares more pixels than allowed (a decompression bomb)."""

@@ -23,14 +23,13 @@ from .decision import MASK, NO_MASK
 from .detect import Detector, find_subject_face
 from .errors import MaskwatchError, ModelError, UsageError
 from .head import head_path, read_head, write_head
-from .predict import read_image_file
+from .predict import IMAGE_SUFFIXES, read_image_file
 from .preprocess import face_input, whole_image_box
 from .samples import Collector, SampleStore
 from .track import Track
 
 log = logging.getLogger("maskwatch.site")
 REVERTED_SUFFIX = ".reverted"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def open_store(cfg: Config) -> SampleStore:

@@ -294,27 +294,25 @@ class Tracker:
         self.lost = kept[max(0, len(kept) - LOST_KEPT):]
         return [Transition("end", t) for t in gone]
 
-    def observe_appearance(self, track: Track, features: np.ndarray, ts: float) -> Track:
+    def observe_appearance(self, track: Track, features: np.ndarray, ts: float) -> None:
         """Add a face's classifier features to its track's appearance. A new, undecided
         track that looks like a person lost nearby moments ago becomes that person again
-        (same id, votes and label: no second `new`). Returns the track the face is on."""
+        (same id, votes and label: no second `new`)."""
         if not features.size:
-            return track
+            return
         f = unit(features.astype(np.float32))
         track.embedding = f if track.embedding is None else unit(0.8 * track.embedding + 0.2 * f)
         if track.label is not None or track.hits > 2 or not self.lost:
-            return track
+            return
         best, best_distance = None, self.rules.reid_distance
         for lost in self.lost:
             distance = 1.0 - float(lost.embedding @ f)
             near = centre_distance(lost.box, track.box) <= self.rules.reid_max_distance
             if near and distance <= best_distance:
                 best, best_distance = lost, distance
-        if best is None:
-            return track
-        self.lost.remove(best)
-        self._continue(best, track)
-        return track
+        if best is not None:
+            self.lost.remove(best)
+            self._continue(best, track)
 
     @staticmethod
     def _continue(lost: Track, track: Track) -> None:

@@ -21,16 +21,15 @@ import numpy as np
 from maskwatch.agent.adapt import FitOptions, fit_head, metrics
 from maskwatch.agent.bench import machine, timings, write_json
 from maskwatch.agent.classify import Classifier
-from maskwatch.agent.config import DetectConfig
 from maskwatch.agent.decision import MASK, NO_MASK
-from maskwatch.agent.detect import create_detector, find_subject_face
 from maskwatch.agent.head import Head
-from maskwatch.agent.preprocess import face_input, whole_image_box
+from maskwatch.agent.models import bundled_model_path
+from maskwatch.agent.preprocess import face_input
 from maskwatch.agent.voc import is_voc, read_voc
 
 from .dataset import scan
 from .errors import ConvertError
-from .faces import read_image
+from .faces import FaceCropper, read_image
 
 KS = (5, 10, 20, 50)
 
@@ -65,13 +64,13 @@ def site_faces(site: Site, classifier: Classifier, detector_model: str | None, m
                     crops.append(face_input(image, face.box, classifier.crop))
                     labels.append(int(face.label == NO_MASK))
     else:
-        detector = create_detector(DetectConfig(detector="yunet", max_side=640, min_face=8),
-                                   detector_model)
+        cropper = FaceCropper(classifier.crop,
+                              detector_model or str(bundled_model_path("yunet")), None)
         for sample in scan([str(site.data)], [MASK, NO_MASK]).samples:
-            image = read_image(sample.path)
-            if image is None:
+            loaded = cropper.load(sample)
+            if loaded is None:
                 continue
-            box = find_subject_face(image, detector) or whole_image_box(image, classifier.crop)
+            image, box = loaded
             crops.append(face_input(image, box, classifier.crop))
             labels.append(int(sample.label == NO_MASK))
     if not crops:
@@ -150,8 +149,7 @@ def per_face_ms(classifier: Classifier, runs: int = 2000) -> dict:
     for name, head in (("bundle_head", None),
                        ("site_head", Head(bundle.weights, bundle.bias, 0.5,
                                           classifier.info.sha256, "site-bench"))):
-        classifier.heads._head = head  # noqa: SLF001 (a bench pins the head in use)
-        classifier.heads.check_s = 1e9
+        classifier.heads.pin(head)
         times = timings(partial(classifier.predict_crops, crop), runs, warmup=50)
         out[name] = round(float(np.median(times)) * 1000, 4)
     return out

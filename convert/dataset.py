@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskwatch.agent.decision import INCORRECT, MASK, NO_MASK
+from maskwatch.agent.predict import IMAGE_SUFFIXES
 
 from .errors import ConvertError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CLASS_ORDER = (MASK, NO_MASK, INCORRECT)
 
 

@@ -20,14 +20,13 @@ import numpy as np
 
 from maskwatch.agent.classify import BUNDLE_FORMAT, Classifier
 from maskwatch.agent.decision import decide_all
-from maskwatch.agent.models import sha256_file
 from maskwatch.agent.preprocess import CropSpec, face_input, whole_image_box
 
 from .augment import augmented_input
 from .dataset import scan
 from .errors import ConvertError, ParityError
 from .faces import FaceBoxCache, read_image
-from .features import FEATURES_NAME, with_features_output
+from .features import FEATURES_NAME, with_features_output, write_meta
 from .metrics import full_report
 
 BUNDLE_VERSION = 1
@@ -120,8 +119,7 @@ def write_bundle(out: Path, flatbuffer: bytes, meta: dict) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / TFLITE_NAME).write_bytes(flatbuffer)
-        meta["sha256"] = sha256_file(out / TFLITE_NAME)
-        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_meta(out, meta)
     except OSError as exc:
         raise ConvertError(f"cannot write bundle to {out}: {exc.strerror}") from None
     return out / "model.json"

@@ -15,8 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskwatch.agent.config import DetectConfig
 from maskwatch.agent.detect import Detector, find_subject_face
-from maskwatch.agent.preprocess import Box
+from maskwatch.agent.factory import detector_from
+from maskwatch.agent.preprocess import Box, CropSpec, whole_image_box
+
+from .dataset import Sample
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -50,3 +54,37 @@ class FaceBoxCache:
             self.boxes[sha256] = list(box) if box is not None else None
         found = self.boxes[sha256]
         return tuple(found) if found is not None else None
+
+
+def training_detector(model: str) -> DetectConfig:
+    """The agent's detector settings (config `detect.*`) with two changes for training
+    photos: they are mostly close-up crops, padded before detection, so YuNet looks at 640 px
+    (not 320) and keeps faces down to 8 px (the subject filter in faces.py decides)."""
+    return DetectConfig(detector="yunet", model=model, max_side=640, min_face=8)
+
+
+class FaceCropper:
+    """Cuts classifier inputs from photos the way the device does (detector + face_input)."""
+
+    def __init__(self, spec: CropSpec, detector_model: str | None, cache_dir: Path | None):
+        self.spec = spec
+        self.detector = (detector_from(training_detector(detector_model))
+                         if detector_model else None)
+        cache_path = cache_dir / "face_boxes.json" if cache_dir else None
+        self.cache = FaceBoxCache(cache_path)
+        self.unreadable: list[str] = []
+        self.detected = 0
+        self.whole = 0
+
+    def load(self, sample: Sample) -> tuple[np.ndarray, tuple] | None:
+        image = read_image(sample.path)
+        if image is None:
+            self.unreadable.append(str(sample.path))
+            return None
+        box = self.cache.lookup(sample.sha256, image, self.detector)
+        if box is None:
+            self.whole += 1
+            box = whole_image_box(image, self.spec)
+        else:
+            self.detected += 1
+        return image, box

@@ -72,8 +72,7 @@ def add_features(bundle: Path) -> dict:
     scores_before = before.scores(probe)
     info.path.write_bytes(with_features_output(info.path.read_bytes()))
     meta = dict(info.meta)
-    meta["sha256"] = sha256_file(info.path)
-    (info.path.parent / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(info.path.parent, meta)  # the new sha256, so the bundle loads again
     after = Classifier(bundle)
     if after.feature_size == 0:
         raise ConvertError(f"{info.path}: the features output did not appear")
@@ -86,28 +85,29 @@ def add_features(bundle: Path) -> dict:
 
 
 def write_meta(folder: Path, meta: dict) -> None:
+    """model.json with the sha256 of the model file it names (set in `meta` too)."""
     meta["sha256"] = sha256_file(folder / meta["file"])
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def anchor_features(bundle: Path, data: list[str], per_class: int, seed: int,
-                    detector_model: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                    detector_model: str | None
+                    ) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """int8 features of `per_class` training faces per bundle label, drawn at random
-    across all sources, cropped as the agent crops (the subject face, else the photo)."""
+    across all sources, cropped as training crops them (the subject face, else the photo),
+    and the features' quantisation."""
     from maskwatch.agent.classify import Classifier
-    from maskwatch.agent.config import DetectConfig
-    from maskwatch.agent.detect import create_detector, find_subject_face
     from maskwatch.agent.models import bundled_model_path
-    from maskwatch.agent.preprocess import face_input, whole_image_box
+    from maskwatch.agent.preprocess import face_input
 
     from .dataset import scan
-    from .faces import read_image
+    from .faces import FaceCropper
 
     classifier = Classifier(bundle)
     if not classifier.feature_size:
         raise ConvertError(f"{bundle} has no features output: run mask-convert features first")
-    detector = create_detector(DetectConfig(detector="yunet", max_side=640, min_face=8),
-                               detector_model or bundled_model_path("yunet"))
+    cropper = FaceCropper(classifier.crop, detector_model or str(bundled_model_path("yunet")),
+                          None)
     dataset = scan(data)
     rng = np.random.default_rng(seed)
     quant = classifier.feature_quantization()
@@ -116,10 +116,10 @@ def anchor_features(bundle: Path, data: list[str], per_class: int, seed: int,
         members = [s for s in dataset.samples if s.label == label]
         taken = 0
         for i in rng.permutation(len(members)):
-            image = read_image(members[i].path)
-            if image is None:
+            loaded = cropper.load(members[i])
+            if loaded is None:
                 continue
-            box = find_subject_face(image, detector) or whole_image_box(image, classifier.crop)
+            image, box = loaded
             _, feats = classifier.infer(face_input(image, box, classifier.crop)[None])
             rows.append(np.round(feats[0] / quant["scale"] + quant["zero_point"]))
             labels.append(index)
@@ -127,17 +127,17 @@ def anchor_features(bundle: Path, data: list[str], per_class: int, seed: int,
             if taken >= per_class:
                 break
     return (np.clip(np.array(rows), -128, 127).astype(np.int8), np.array(labels, np.int8),
-            classifier.labels)
+            classifier.labels, quant)
 
 
 def add_anchors(bundle: Path, data: list[str], per_class: int = 200, seed: int = 1,
                 detector_model: str | None = None) -> dict:
     """Write the bundle's anchor set (`anchors.npz`) and name it in model.json."""
-    from maskwatch.agent.classify import Classifier, read_bundle
+    from maskwatch.agent.classify import read_bundle
 
-    features, labels, names = anchor_features(bundle, data, per_class, seed, detector_model)
+    features, labels, names, quant = anchor_features(bundle, data, per_class, seed,
+                                                     detector_model)
     info = read_bundle(bundle)
-    quant = Classifier(bundle).feature_quantization()
     path = info.path.parent / ANCHORS_NAME
     np.savez_compressed(path, features=features, labels=labels, label_names=np.array(names),
                         scale=np.float32(quant["scale"]), zero_point=np.int32(quant["zero_point"]))

@@ -20,15 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.config import DetectConfig
 from maskwatch.agent.decision import NO_MASK, decide_all
-from maskwatch.agent.factory import detector_from
-from maskwatch.agent.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.preprocess import CropSpec, face_input
 
 from .augment import augmented_input
 from .dataset import Sample, scan, stratified_split
 from .errors import ConvertError
-from .faces import FaceBoxCache, read_image
+from .faces import FaceCropper
 from .metrics import format_report, full_report, plot_confusion
 from .model import build_backbone, build_model, features, unfreeze_top
 
@@ -67,40 +65,6 @@ def check_output_dir(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConvertError(f"output folder {out} is not writable: {exc.strerror}") from None
-
-
-def training_detector(model: str) -> DetectConfig:
-    """The agent's detector settings (config `detect.*`) with two changes for training
-    photos: they are mostly close-up crops, padded before detection, so YuNet looks at 640 px
-    (not 320) and keeps faces down to 8 px (the subject filter in faces.py decides)."""
-    return DetectConfig(detector="yunet", model=model, max_side=640, min_face=8)
-
-
-class FaceCropper:
-    """Cuts classifier inputs from photos the way the device does (detector + face_input)."""
-
-    def __init__(self, spec: CropSpec, detector_model: str | None, cache_dir: Path | None):
-        self.spec = spec
-        self.detector = (detector_from(training_detector(detector_model))
-                         if detector_model else None)
-        cache_path = cache_dir / "face_boxes.json" if cache_dir else None
-        self.cache = FaceBoxCache(cache_path)
-        self.unreadable: list[str] = []
-        self.detected = 0
-        self.whole = 0
-
-    def load(self, sample: Sample) -> tuple[np.ndarray, tuple] | None:
-        image = read_image(sample.path)
-        if image is None:
-            self.unreadable.append(str(sample.path))
-            return None
-        box = self.cache.lookup(sample.sha256, image, self.detector)
-        if box is None:
-            self.whole += 1
-            box = whole_image_box(image, self.spec)
-        else:
-            self.detected += 1
-        return image, box
 
 
 def crops_for(samples: list[Sample], cropper: FaceCropper, copies: int, seed: int,

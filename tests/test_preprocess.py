@@ -34,7 +34,8 @@ def test_upscaling_is_bilinear_and_downscaling_area():
 def test_training_path_equals_device_path(shared, state_dir):
     """The same photos through convert's training input and the agent's classifier input."""
     from maskwatch.convert.dataset import scan
-    from maskwatch.convert.train import FaceCropper, crops_for
+    from maskwatch.convert.faces import FaceCropper
+    from maskwatch.convert.train import crops_for
 
     classifier = Classifier()
     samples = scan([shared / "data" / "train" / "peng"]).samples[:12]

@@ -195,7 +195,7 @@ def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
 def seen(tracker, box, ts, features, label="with_mask"):
     """One detection of a face with its classifier features; returns (track, transitions)."""
     track = tracker.update([box], ts)[0]
-    track = tracker.observe_appearance(track, features, ts)
+    tracker.observe_appearance(track, features, ts)
     change = tracker.vote(track, label, 0.9, ts) if track.needs_vote() else None
     return track, ([change] if change else []) + tracker.expire(ts)
 
