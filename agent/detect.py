@@ -1,7 +1,11 @@
-"""Face detectors behind one small interface: `detector.detect(frame_bgr) -> [Face]`.
+"""Face detectors behind one small interface: `detector.detect(frame_bgr, region) -> [Face]`.
+
+`region` (optional) is the part of the frame worth looking at (where something moved, where
+people are tracked). It is cut out at the whole frame's detection scale, so a face is seen
+at the same resolution wherever it is and the cost follows the area searched.
 
 - `yunet`: OpenCV's YuNet (cv2.FaceDetectorYN), the default. It finds masked faces
-  (the hard case) and is fast when the frame is scaled to a 320 px long side.
+  (the hard case); at a 480 px long side it finds small ones too.
 - `blazeface`: MediaPipe BlazeFace short/full range (TFLite); anchors decoded here.
 - `haar`: OpenCV's frontal-face Haar cascade, the user's baseline (embedded in OpenCV,
   no file needed); it misses most masked faces.
@@ -10,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,17 +39,51 @@ class Face:
 class Detector(Protocol):
     name: str
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]: ...
 
 
-def _scale_to(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Downscale so the long side is at most max_side; returns (image, factor)."""
+SNAP = 32  # detector input sides are multiples of this: few distinct input shapes
+
+
+@dataclass(frozen=True)
+class View:
+    """What a detector looks at: part of a frame, scaled; maps its boxes back."""
+
+    image: np.ndarray
+    factor: float  # detector pixels per frame pixel
+    x0: int
+    y0: int
+
+    def to_frame(self, x: float, y: float, w: float, h: float) -> Box:
+        f = self.factor
+        return (int(round(x / f + self.x0)), int(round(y / f + self.y0)),
+                int(round(w / f)), int(round(h / f)))
+
+
+def _grow(start: int, size: int, factor: float, limit: int) -> tuple[int, int]:
+    """One axis of a region, [start, start + size), grown about its centre until its
+    scaled length is a multiple of SNAP (at least 2 SNAP), and kept inside [0, limit)."""
+    start, end = max(0, start), min(limit, start + size)
+    scaled = max(2, math.ceil((end - start) * factor / SNAP)) * SNAP
+    grown = min(limit, math.ceil(scaled / factor))
+    begin = max(0, min((start + end - grown) // 2, limit - grown))
+    return begin, begin + grown
+
+
+def view_of(frame: np.ndarray, region: Box | None, max_side: int) -> View:
+    """The part of `frame` to search (all of it when region is None), scaled as the whole
+    frame is for detection (its long side to max_side)."""
     h, w = frame.shape[:2]
     factor = min(1.0, max_side / float(max(h, w))) if max_side > 0 else 1.0
-    if factor >= 1.0:
-        return frame, 1.0
-    size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), factor
+    x0, y0, x1, y1 = 0, 0, w, h
+    if region is not None:
+        (x0, x1), (y0, y1) = (_grow(region[0], region[2], factor, w),
+                              _grow(region[1], region[3], factor, h))
+    part = frame[y0:y1, x0:x1]
+    if factor < 1.0:
+        size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
+        part = cv2.resize(part, size, interpolation=cv2.INTER_AREA)
+    return View(part, factor, x0, y0)
 
 
 def _keep(faces: list[Face], min_face: int) -> list[Face]:
@@ -65,15 +104,14 @@ class HaarDetector:
         self.max_side, self.min_face = max_side, min_face
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        image, factor = _scale_to(frame_bgr, self.max_side)
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        min_size = max(8, int(self.min_face * factor))
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
+        view = view_of(frame_bgr, region, self.max_side)
+        gray = cv2.cvtColor(view.image, cv2.COLOR_BGR2GRAY)
+        min_size = max(8, int(self.min_face * view.factor))
         found = self._cascade.detectMultiScale(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
             minSize=(min_size, min_size))
-        faces = [Face(tuple(int(round(v / factor)) for v in b), 1.0) for b in found]
-        return _keep(faces, self.min_face)
+        return _keep([Face(view.to_frame(*b), 1.0) for b in found], self.min_face)
 
 
 class YuNetDetector:
@@ -94,18 +132,15 @@ class YuNetDetector:
         self.max_side, self.min_face = max_side, min_face
         self._input_size: tuple[int, int] | None = None
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        image, factor = _scale_to(frame_bgr, self.max_side)
-        size = (image.shape[1], image.shape[0])
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
+        view = view_of(frame_bgr, region, self.max_side)
+        size = (view.image.shape[1], view.image.shape[0])
         if size != self._input_size:
             self._net.setInputSize(size)
             self._input_size = size
-        _, found = self._net.detect(image)
-        faces = []
-        for row in (found if found is not None else []):
-            x, y, w, h = (float(v) / factor for v in row[:4])
-            faces.append(Face((int(round(x)), int(round(y)), int(round(w)), int(round(h))),
-                              float(row[-1])))
+        _, found = self._net.detect(view.image)
+        faces = [Face(view.to_frame(*row[:4]), float(row[-1]))
+                 for row in (found if found is not None else [])]
         return _keep(faces, self.min_face)
 
 
@@ -160,8 +195,10 @@ class BlazeFaceDetector:
                            interpolation=cv2.INTER_AREA)
         return image, float(side), pad_x, pad_y
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        image, side, pad_x, pad_y = self._letterbox(frame_bgr)
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
+        """The region (if any) is letterboxed to the model's fixed input on its own."""
+        view = view_of(frame_bgr, region, max_side=0)
+        image, side, pad_x, pad_y = self._letterbox(view.image)
         tensor = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
         self._interpreter.set_tensor(self._input_index, tensor[None])
         self._interpreter.invoke()
@@ -175,8 +212,8 @@ class BlazeFaceDetector:
         centres = self._anchors[keep] + reg[:, :2]
         sizes = reg[:, 2:4]
         boxes = np.concatenate([centres - sizes / 2, sizes], axis=1) * side
-        boxes[:, 0] -= pad_x
-        boxes[:, 1] -= pad_y
+        boxes[:, 0] += view.x0 - pad_x
+        boxes[:, 1] += view.y0 - pad_y
         picked = cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(),
                                   self.score_threshold, self.nms_threshold)
         faces = [Face(tuple(int(round(v)) for v in boxes[i]), float(scores[keep][i]))

@@ -1,12 +1,15 @@
 """One frame through the pipeline: detect (at a capped rate) -> classify -> track -> vote.
 
-The pipeline skips work to run fast on a Pi: faces are detected at most `detect_fps`
-times per second of video time (the tracker carries people in between), not at all while
-the motion gate sees nothing move and nobody is tracked (but for a full check every
-`idle_check_s`), and a face is
-classified only while its person is undecided (and now and then after, to catch someone
-putting a mask on). It does no I/O: it returns the tracker's transitions and leaves
-publishing to the service.
+The pipeline skips work to run fast on a Pi and spends it where faces are:
+- faces are detected at most `detect_fps` times per second of video time (the tracker
+  carries people in between);
+- with the motion gate, only the part of the frame that moved or holds a tracked person is
+  searched (at the whole frame's detection scale, so small faces stay findable), nothing at
+  all while nothing moves and nobody is tracked, and the whole frame every `idle_check_s`
+  (a person who stands still is not lost);
+- a face is classified only while its person is undecided (and now and then after, to
+  catch someone putting a mask on).
+It does no I/O: it returns the tracker's transitions and leaves publishing to the service.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class PipelineStats:
     frames: int = 0
     detections: int = 0  # detector runs
     idle_skips: int = 0  # detections skipped: nothing moved, nobody tracked
+    searched: float = 0.0  # frames' worth of pixels the detector searched
     faces: int = 0
     classified: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -55,6 +59,30 @@ def roi_pixels(roi: tuple[float, float, float, float] | None, width: int,
     return (int(x * width), int(y * height), max(1, int(w * width)), max(1, int(h * height)))
 
 
+def union(boxes: list[Box]) -> Box:
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def clip_to(box: Box, area: Box) -> Box | None:
+    """`box` cut to `area`, in `area`'s own coordinates; None when they do not overlap."""
+    x0, y0 = max(box[0], area[0]), max(box[1], area[1])
+    x1, y1 = min(box[0] + box[2], area[0] + area[2]), min(box[1] + box[3], area[1] + area[3])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0 - area[0], y0 - area[1], x1 - x0, y1 - y0
+
+
+def around(box: Box, margin: float) -> Box:
+    """`box` grown by `margin` of its size on each side."""
+    x, y, w, h = box
+    dx, dy = int(w * margin), int(h * margin)
+    return x - dx, y - dy, w + 2 * dx, h + 2 * dy
+
+
+TRACK_MARGIN = 1.0  # a tracked face is looked for within one face size of where it was
+WHOLE_FRAME_SHARE = 0.6  # a region this share of the frame or more: search all of it
 SIGNATURE_SIZE = 16
 
 
@@ -81,16 +109,26 @@ class Pipeline:
         self.stats = PipelineStats()
         self.latest: list[FaceView] = []
         self._next_detect: float | None = None
-        self._last_detect = float("-inf")
+        self._last_full = float("-inf")  # when the whole frame was last searched
         # called with (track, crop, prediction, ts) per classified face (sample collection)
         self.on_classified: list[Callable[[Track, np.ndarray, Prediction, float], None]] = []
 
-    def _detect(self, image: np.ndarray) -> list[Face]:
-        region = roi_pixels(self.roi, image.shape[1], image.shape[0])
-        if region is None:
-            return self.detector.detect(image)
-        x, y, w, h = region
-        faces = self.detector.detect(image[y:y + h, x:x + w])
+    def _detect(self, image: np.ndarray, region: Box | None) -> list[Face]:
+        """Faces in the ROI (the whole frame without one), searched only in `region`
+        (frame pixels) when given."""
+        h, w = image.shape[:2]
+        area = roi_pixels(self.roi, w, h) or (0, 0, w, h)
+        if region is not None:
+            region = clip_to(region, area)
+            if region is None:
+                return []
+            if region[2] * region[3] >= WHOLE_FRAME_SHARE * area[2] * area[3]:
+                region = None
+        x, y, aw, ah = area
+        faces = self.detector.detect(image[y:y + ah, x:x + aw], region)
+        self.stats.searched += (region[2] * region[3] if region else aw * ah) / (w * h)
+        if (x, y) == (0, 0):
+            return faces
         return [Face((f.box[0] + x, f.box[1] + y, f.box[2], f.box[3]), f.score) for f in faces]
 
     def process(self, frame: Frame) -> list[Transition]:
@@ -98,9 +136,9 @@ class Pipeline:
         transitions: list[Transition] = []
         if self._next_detect is None or frame.ts >= self._next_detect - 1e-6:
             self._next_detect = frame.ts + self.detect_interval
-            if self._worth_detecting(frame):
-                self._last_detect = frame.ts
-                transitions.extend(self._observe(frame))
+            worth, region = self._where_to_look(frame)
+            if worth:
+                transitions.extend(self._observe(frame, region))
             else:
                 self.stats.idle_skips += 1
         started = time.perf_counter()
@@ -108,19 +146,29 @@ class Pipeline:
         self.stats.seconds["track"] += time.perf_counter() - started
         return transitions
 
-    def _worth_detecting(self, frame: Frame) -> bool:
-        """Detect unless nothing moved, nobody is tracked and the idle check is not due."""
+    def _where_to_look(self, frame: Frame) -> tuple[bool, Box | None]:
+        """(detect at all?, the region to search; None: the whole frame).
+
+        Without a gate, or when the full check is due: the whole frame. Otherwise what
+        moved and where tracked people are; nothing when neither."""
         if self.gate is None:
-            return True
+            return True, None
         started = time.perf_counter()
         moved = self.gate.moved(frame.image)
         self.stats.seconds["detect"] += time.perf_counter() - started
-        return (moved is not None or bool(self.tracker.tracks)
-                or frame.ts - self._last_detect >= self.idle_check_s)
+        if frame.ts - self._last_full >= self.idle_check_s - 1e-6:
+            self._last_full = frame.ts
+            return True, None
+        looks = [around(t.predicted(frame.ts), TRACK_MARGIN) for t in self.tracker.tracks]
+        if moved is not None:
+            looks.append(moved)
+        if not looks:
+            return False, None
+        return True, union(looks)
 
-    def _observe(self, frame: Frame) -> list[Transition]:
+    def _observe(self, frame: Frame, region: Box | None) -> list[Transition]:
         t0 = time.perf_counter()
-        faces = self._detect(frame.image)
+        faces = self._detect(frame.image, region)
         t1 = time.perf_counter()
         boxes = [f.box for f in faces]
         tracks = self.tracker.update(boxes, frame.ts, lambda box: signature(frame.image, box))

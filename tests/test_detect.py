@@ -13,9 +13,15 @@ import cv2
 import pytest
 
 from maskwatch.agent.config import DetectConfig
-from maskwatch.agent.detect import BlazeFaceDetector, _blazeface_anchors, create_detector
+from maskwatch.agent.detect import (
+    BlazeFaceDetector,
+    _blazeface_anchors,
+    create_detector,
+    view_of,
+)
 from maskwatch.agent.errors import ModelError
 from maskwatch.agent.models import DETECTOR_FILES, OPTIONAL, FetchError, fetch
+from maskwatch.agent.track import iou
 
 from .conftest import agent_command
 
@@ -33,6 +39,33 @@ def test_detectors_find_the_face(name, state_dir, dev_set):
     assert faces, name
     x, y, w, h = faces[0].box
     assert 60 < x + w / 2 < 220 and 230 < y + h / 2 < 380  # the annotated face is here
+
+
+@pytest.mark.parametrize("name", ["yunet", "blazeface"])
+def test_a_region_is_searched_at_the_whole_frames_scale(name, state_dir, dev_set):
+    image = cv2.imread(str(sorted((dev_set / "images").iterdir())[0]))
+    model = state_dir / "models" / DETECTOR_FILES[name].name
+    detector = create_detector(DetectConfig(detector=name), model)
+    whole = detector.detect(image)[0].box
+    found = detector.detect(image, region=(60, 220, 170, 170))  # around the face
+    assert found and iou(found[0].box, whole) > 0.75  # the same face, in frame pixels
+    assert detector.detect(image, region=(300, 0, 100, 100)) == []  # no face there
+
+
+def test_regions_are_grown_to_a_few_input_shapes():
+    import numpy as np
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+    for region in [(10, 20, 5, 5), (600, 470, 100, 100), (200, 100, 251, 97)]:
+        view = view_of(frame, region, max_side=480)
+        h, w = view.image.shape[:2]
+        assert w % 32 == 0 and h % 32 == 0 and w >= 64 and h >= 64, (region, w, h)
+        x, y, bw, bh = view.to_frame(0, 0, w, h)
+        assert x >= 0 and y >= 0 and x + bw <= 640 and y + bh <= 480  # inside the frame
+        rx, ry, rw, rh = region
+        assert x <= min(rx, 640 - 1) and y <= min(ry, 480 - 1)  # covers the region's start
+        assert x + bw >= min(rx + rw, 640) - 1 and y + bh >= min(ry + rh, 480) - 1  # and end
+    assert view_of(frame, None, max_side=480).image.shape[:2] == (360, 480)
 
 
 def test_blazeface_full_range(state_dir, dev_set):

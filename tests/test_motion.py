@@ -36,7 +36,7 @@ class CountingDetector:
     def __init__(self) -> None:
         self.runs = 0
 
-    def detect(self, frame):
+    def detect(self, frame, region=None):
         self.runs += 1
         return []
 
@@ -57,7 +57,7 @@ def test_pipeline_skips_detection_on_an_empty_scene_but_checks_now_and_then():
 
 def test_tracked_people_keep_the_detector_running():
     class OneFace(CountingDetector):
-        def detect(self, frame):
+        def detect(self, frame, region=None):
             self.runs += 1
             return [Face((100, 100, 40, 40), 0.9)]
 
@@ -94,3 +94,37 @@ def test_bench_reports_work_per_frame_for_each_mode(tmp_path):
     assert rows["defaults"]["detector_runs_per_frame"] < 0.5  # the 10/s cap on 25 fps
     assert rows["empty"]["faces"] == 0 and rows["empty"]["detector_runs_per_frame"] < 0.1
     assert "det/f" in result.stdout and "CPU %" in result.stdout
+
+
+def test_only_what_moved_and_where_people_are_is_searched():
+    """After the first full look, a person walking across a still scene is searched for
+    around them, not in the whole frame; the whole frame again at the idle check."""
+    class Walker(CountingDetector):
+        def __init__(self):
+            super().__init__()
+            self.regions, self.x = [], 100
+
+        def detect(self, frame, region=None):
+            self.regions.append(region)
+            return [Face((self.x, 200, 40, 40), 0.9)]
+
+    from maskwatch.agent.classify import Classifier
+
+    detector = Walker()
+    pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
+                        gate=MotionGate(), idle_check_s=2.0)
+    scene = EmptyScene((640, 480), frames=75)
+    for i in range(75):  # 2.5 s at 30 fps, the person moving right 4 px a frame
+        image = scene.read().image.copy()
+        detector.x = 100 + 4 * i
+        image[200:240, detector.x:detector.x + 40] = 20
+        pipeline.process(Frame(image, i / 30.0, i))
+    assert detector.regions[0] is None  # the first look: the whole frame
+    partial = detector.regions[1:20]  # 0.1 .. 1.9 s
+    assert all(r is not None for r in partial)
+    for (x, y, w, h), run in zip(partial, range(1, 20)):
+        face_x = 100 + 4 * 3 * run
+        assert x <= face_x and face_x + 40 <= x + w and y <= 200 and y + h >= 240
+        assert w * h < 0.25 * 640 * 480  # a small part of the frame
+    assert detector.regions[20] is None  # the check of the whole frame every 2 s
+    assert pipeline.stats.searched < 0.25 * pipeline.stats.detections

@@ -24,7 +24,7 @@ class ScriptedDetector:
     def __init__(self) -> None:
         self.shapes: list[tuple[int, int]] = []
 
-    def detect(self, frame):
+    def detect(self, frame, region=None):
         self.shapes.append(frame.shape[:2])
         return [Face((10, 10, 40, 40), 0.9)]
 
