@@ -181,7 +181,10 @@ def run_sequence(cfg: Config, back: np.ndarray, actors: list[Actor], seed: int =
                 ids_by_actor[actor].append(face.track_id)
     for t in pipeline.finish(frames / FPS):
         events.append((t.kind, t.track.id, t.track.label or "?"))
-    return score(actors, events, owner, ids_by_actor)
+    stats = pipeline.stats
+    return {**score(actors, events, owner, ids_by_actor),
+            "area_searched_per_frame": stats.searched / max(1, stats.frames),
+            "detect_ms_per_frame": 1000 * stats.seconds["detect"] / max(1, stats.frames)}
 
 
 def score(actors, events, owner, ids_by_actor) -> dict:
@@ -250,18 +253,23 @@ def bench_tracking(cfg: Config, voc: Path, video: Path, out: str) -> int:
     rows = {name: run_sequence(cfg, back, actors, seed)
             for seed, (name, actors) in enumerate(scenarios(crops).items())}
     total = {k: sum(r[k] for r in rows.values()) for k in next(iter(rows.values()))}
+    for k in ("area_searched_per_frame", "detect_ms_per_frame"):
+        total[k] /= len(rows)  # per frame: the mean of the sequences
     counts = street_counts(cfg, video)
     cost = tracker_cost(cfg)
     print(f"tracking on synthetic sequences (faces from {voc}, {FPS:g} fps, {SIZE[0]}x{SIZE[1]})")
     print(f"{'sequence':<24} {'people':>6} {'new':>4} {'new/person':>10} {'ID sw':>6} "
-          f"{'frag':>5} {'updates':>7} {'flips':>6} {'posters':>7} {'wrong':>6}")
+          f"{'frag':>5} {'updates':>7} {'flips':>6} {'posters':>7} {'wrong':>6} {'area/f':>6} "
+          f"{'det ms/f':>8}")
     for name, r in [*rows.items(), ("total", total)]:
         print(f"{name:<24} {r['people']:>6} {r['new_events']:>4} "
               f"{r['new_events'] / max(1, r['people']):>10.2f} {r['id_switches']:>6} "
               f"{r['fragments']:>5} {r['updates']:>7} {r['flip_flops']:>6} "
-              f"{r['poster_people']:>7} {r['wrong_labels']:>6}")
+              f"{r['poster_people']:>7} {r['wrong_labels']:>6} "
+              f"{r['area_searched_per_frame']:>6.2f} {r['detect_ms_per_frame']:>8.2f}")
     print("wrong: people whose last label is not theirs; updates: label changes (one is "
-          "expected in 'mask put on')")
+          "expected in 'mask put on'); area/f: frames' worth of pixels the detector searched "
+          "per frame; det ms/f: detection (and motion gate) time per frame")
     mean = max(1.0, float(np.mean(list(counts.values()))))
     spread = (max(counts.values()) - min(counts.values())) / mean
     deviation = max(abs(v - mean) for v in counts.values()) / mean

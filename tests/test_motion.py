@@ -94,6 +94,10 @@ def test_bench_reports_work_per_frame_for_each_mode(tmp_path):
     assert rows["defaults"]["detector_runs_per_frame"] < 0.5  # the 10/s cap on 25 fps
     assert rows["empty"]["faces"] == 0 and rows["empty"]["detector_runs_per_frame"] < 0.1
     assert "det/f" in result.stdout and "CPU %" in result.stdout
+    stages = rows["defaults"]["peak_rss_mb_after"]
+    assert list(stages) == ["imports", "models", "source open", "first frame"]
+    assert stages["imports"] <= stages["first frame"] <= rows["defaults"]["peak_rss_mb"]
+    assert rows["every-frame"]["frame_share_searched_per_frame"] > 0.5  # people move
 
 
 def test_only_what_moved_and_where_people_are_is_searched():

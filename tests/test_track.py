@@ -184,12 +184,17 @@ def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
     cfg = load(None, [])
     back = background(street_video)
     crops = face_crops(dev_set, detector_from(cfg.detect), back)
+    areas = []
     for seed, (name, actors) in enumerate(scenarios(crops).items()):
         r = run_sequence(cfg, back, actors, seed)
+        areas.append(r["area_searched_per_frame"])
         assert r["new_events"] == r["people"], name
         assert r["id_switches"] == r["fragments"] == r["flip_flops"] == 0, name
         assert r["poster_people"] == 0, name
         assert r["updates"] == (1 if name == "mask put on" else 0), name
+    # 10 detections/s of 25 fps would be 0.4 frames' worth of pixels per frame; the motion
+    # gate searches where the people are (and the whole frame every 2 s)
+    assert sum(areas) / len(areas) < 0.3
 
 
 def seen(tracker, box, ts, features, label="with_mask"):
