@@ -33,21 +33,22 @@ class MotionGate:
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         return cv2.GaussianBlur(grey, (3, 3), 0).astype(np.float32)
 
-    def moved(self, image: np.ndarray) -> Box | None:
-        """The region (frame pixels) that changed since the background, or None."""
+    def moved(self, image: np.ndarray) -> list[Box]:
+        """The regions (frame pixels) that changed since the background, one per moving
+        blob (blobs a few pixels apart are one); empty when nothing moved."""
         small = self._shrink(image)
         if self._background is None or self._background.shape != small.shape:
             self._background = small
             h, w = image.shape[:2]
-            return 0, 0, w, h  # nothing known yet: everything is new
+            return [(0, 0, w, h)]  # nothing known yet: everything is new
         delta = small - self._background
         delta -= float(np.median(delta))  # a global brightness change is not motion
         changed = np.abs(delta) > DIFF_THRESHOLD
         cv2.accumulateWeighted(small, self._background, BACKGROUND_RATE)
         if changed.mean() < MIN_CHANGED:
-            return None
-        ys, xs = np.nonzero(changed)
+            return []
+        mask = cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         scale = image.shape[1] / small.shape[1]
-        x0, y0 = int(xs.min() * scale), int(ys.min() * scale)
-        x1, y1 = int((xs.max() + 1) * scale), int((ys.max() + 1) * scale)
-        return x0, y0, x1 - x0, y1 - y0
+        return [(int(x * scale), int(y * scale), int(np.ceil(w * scale)), int(np.ceil(h * scale)))
+                for x, y, w, h, _ in stats[1:count]]

@@ -26,7 +26,7 @@ from .classify import Classifier, Prediction
 from .detect import Detector, Face
 from .motion import MotionGate
 from .preprocess import Box
-from .track import Track, Tracker, Transition
+from .track import Track, Tracker, Transition, iou
 
 STAGES = ("detect", "classify", "track")
 
@@ -65,6 +65,39 @@ def union(boxes: list[Box]) -> Box:
     return x0, y0, x1 - x0, y1 - y0
 
 
+def merged(boxes: list[Box]) -> list[Box]:
+    """Boxes joined while the box around two costs little more than searching both
+    (overlapping or close ones): fewer, larger regions, each searched once."""
+    boxes = list(boxes)
+    joined = True
+    while joined and len(boxes) > 1:
+        joined = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                both = union([boxes[i], boxes[j]])
+                if both[2] * both[3] <= MERGE_SLACK * (area(boxes[i]) + area(boxes[j])):
+                    boxes[i] = both
+                    del boxes[j]
+                    joined = True
+                    break
+            if joined:
+                break
+    return boxes
+
+
+def area(box: Box) -> int:
+    return box[2] * box[3]
+
+
+def distinct(faces: list[Face], max_iou: float = 0.5) -> list[Face]:
+    """Faces found twice (where two searched regions meet) kept once, the surest."""
+    kept: list[Face] = []
+    for face in sorted(faces, key=lambda f: -f.score):
+        if all(iou(face.box, other.box) <= max_iou for other in kept):
+            kept.append(face)
+    return kept
+
+
 def clip_to(box: Box, area: Box) -> Box | None:
     """`box` cut to `area`, in `area`'s own coordinates; None when they do not overlap."""
     x0, y0 = max(box[0], area[0]), max(box[1], area[1])
@@ -82,7 +115,8 @@ def around(box: Box, margin: float) -> Box:
 
 
 TRACK_MARGIN = 1.0  # a tracked face is looked for within one face size of where it was
-WHOLE_FRAME_SHARE = 0.6  # a region this share of the frame or more: search all of it
+WHOLE_FRAME_SHARE = 0.6  # regions this share of the frame or more: search all of it
+MERGE_SLACK = 1.3  # join two regions when the box around both is at most this much larger
 SIGNATURE_SIZE = 16
 
 
@@ -113,20 +147,23 @@ class Pipeline:
         # called with (track, crop, prediction, ts) per classified face (sample collection)
         self.on_classified: list[Callable[[Track, np.ndarray, Prediction, float], None]] = []
 
-    def _detect(self, image: np.ndarray, region: Box | None) -> list[Face]:
-        """Faces in the ROI (the whole frame without one), searched only in `region`
+    def _detect(self, image: np.ndarray, regions: list[Box] | None) -> list[Face]:
+        """Faces in the ROI (the whole frame without one), searched only in `regions`
         (frame pixels) when given."""
         h, w = image.shape[:2]
-        area = roi_pixels(self.roi, w, h) or (0, 0, w, h)
-        if region is not None:
-            region = clip_to(region, area)
-            if region is None:
-                return []
-            if region[2] * region[3] >= WHOLE_FRAME_SHARE * area[2] * area[3]:
-                region = None
-        x, y, aw, ah = area
-        faces = self.detector.detect(image[y:y + ah, x:x + aw], region)
-        self.stats.searched += (region[2] * region[3] if region else aw * ah) / (w * h)
+        roi = roi_pixels(self.roi, w, h) or (0, 0, w, h)
+        x, y, rw, rh = roi
+        if regions is not None:
+            regions = [r for r in (clip_to(r, roi) for r in regions) if r is not None]
+            if sum(map(area, regions)) >= WHOLE_FRAME_SHARE * rw * rh:
+                regions = None
+        within = image[y:y + rh, x:x + rw]
+        if regions is None:
+            faces = self.detector.detect(within)
+        else:
+            faces = distinct([f for r in regions for f in self.detector.detect(within, r)])
+        self.stats.searched += (sum(map(area, regions)) if regions is not None
+                                else rw * rh) / (w * h)
         if (x, y) == (0, 0):
             return faces
         return [Face((f.box[0] + x, f.box[1] + y, f.box[2], f.box[3]), f.score) for f in faces]
@@ -136,9 +173,9 @@ class Pipeline:
         transitions: list[Transition] = []
         if self._next_detect is None or frame.ts >= self._next_detect - 1e-6:
             self._next_detect = frame.ts + self.detect_interval
-            worth, region = self._where_to_look(frame)
+            worth, regions = self._where_to_look(frame)
             if worth:
-                transitions.extend(self._observe(frame, region))
+                transitions.extend(self._observe(frame, regions))
             else:
                 self.stats.idle_skips += 1
         started = time.perf_counter()
@@ -146,8 +183,8 @@ class Pipeline:
         self.stats.seconds["track"] += time.perf_counter() - started
         return transitions
 
-    def _where_to_look(self, frame: Frame) -> tuple[bool, Box | None]:
-        """(detect at all?, the region to search; None: the whole frame).
+    def _where_to_look(self, frame: Frame) -> tuple[bool, list[Box] | None]:
+        """(detect at all?, the regions to search; None: the whole frame).
 
         Without a gate, or when the full check is due: the whole frame. Otherwise what
         moved and where tracked people are; nothing when neither."""
@@ -160,15 +197,14 @@ class Pipeline:
             self._last_full = frame.ts
             return True, None
         looks = [around(t.predicted(frame.ts), TRACK_MARGIN) for t in self.tracker.tracks]
-        if moved is not None:
-            looks.append(moved)
+        looks += moved
         if not looks:
             return False, None
-        return True, union(looks)
+        return True, merged(looks)
 
-    def _observe(self, frame: Frame, region: Box | None) -> list[Transition]:
+    def _observe(self, frame: Frame, regions: list[Box] | None) -> list[Transition]:
         t0 = time.perf_counter()
-        faces = self._detect(frame.image, region)
+        faces = self._detect(frame.image, regions)
         t1 = time.perf_counter()
         boxes = [f.box for f in faces]
         tracks = self.tracker.update(boxes, frame.ts, lambda box: signature(frame.image, box))

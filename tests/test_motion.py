@@ -16,8 +16,8 @@ from maskwatch.agent.track import Tracker
 def test_noise_and_lighting_drift_are_not_motion():
     scene, gate = EmptyScene((640, 480), frames=300), MotionGate()
     moved = [gate.moved(scene.read().image) for _ in range(300)]
-    assert moved[0] == (0, 0, 640, 480)  # the first frame is all new
-    assert all(m is None for m in moved[1:])  # 10 s of noise and +-8 % brightness drift
+    assert moved[0] == [(0, 0, 640, 480)]  # the first frame is all new
+    assert all(m == [] for m in moved[1:])  # 10 s of noise and +-8 % brightness drift
 
 
 def test_someone_entering_is_motion_where_they_are():
@@ -26,7 +26,7 @@ def test_someone_entering_is_motion_where_they_are():
         gate.moved(scene.read().image)
     image = scene.read().image.copy()
     image[200:300, 400:470] = 30  # a dark figure at x 400..470, y 200..300
-    x, y, w, h = gate.moved(image)
+    [(x, y, w, h)] = gate.moved(image)
     assert 380 <= x <= 400 and 400 + 70 <= x + w <= 490 and 180 <= y <= 200 and h >= 90
 
 
@@ -106,10 +106,10 @@ def test_only_what_moved_and_where_people_are_is_searched():
     class Walker(CountingDetector):
         def __init__(self):
             super().__init__()
-            self.regions, self.x = [], 100
+            self.calls, self.x = [], 100  # (x of the face then, region searched)
 
         def detect(self, frame, region=None):
-            self.regions.append(region)
+            self.calls.append((self.x, region))
             return [Face((self.x, 200, 40, 40), 0.9)]
 
     from maskwatch.agent.classify import Classifier
@@ -123,12 +123,46 @@ def test_only_what_moved_and_where_people_are_is_searched():
         detector.x = 100 + 4 * i
         image[200:240, detector.x:detector.x + 40] = 20
         pipeline.process(Frame(image, i / 30.0, i))
-    assert detector.regions[0] is None  # the first look: the whole frame
-    partial = detector.regions[1:20]  # 0.1 .. 1.9 s
-    assert all(r is not None for r in partial)
-    for (x, y, w, h), run in zip(partial, range(1, 20)):
-        face_x = 100 + 4 * 3 * run
-        assert x <= face_x and face_x + 40 <= x + w and y <= 200 and y + h >= 240
-        assert w * h < 0.25 * 640 * 480  # a small part of the frame
-    assert detector.regions[20] is None  # the check of the whole frame every 2 s
+    runs: dict[int, list] = {}
+    for x, region in detector.calls:
+        runs.setdefault(x, []).append(region)
+    xs = sorted(runs)
+    assert runs[xs[0]] == [None]  # the first look: the whole frame
+    for x in xs[1:20]:  # 0.1 .. 1.9 s: what moved and where the person is, nothing else
+        regions = runs[x]
+        assert None not in regions
+        assert any(rx <= x and x + 40 <= rx + rw and ry <= 200 and ry + rh >= 240
+                   for rx, ry, rw, rh in regions)
+        assert sum(w * h for _, _, w, h in regions) < 0.25 * 640 * 480
+    assert runs[xs[20]] == [None]  # the check of the whole frame every 2 s
     assert pipeline.stats.searched < 0.25 * pipeline.stats.detections
+
+
+def test_people_apart_are_searched_apart():
+    """Two people at opposite corners: two small regions, not the box around both."""
+    class TwoWalkers(CountingDetector):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def detect(self, frame, region=None):
+            self.calls.append(region)
+            return []
+
+    from maskwatch.agent.classify import Classifier
+
+    detector = TwoWalkers()
+    pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
+                        gate=MotionGate(), idle_check_s=2.0)
+    scene = EmptyScene((640, 480), frames=30)
+    for i in range(30):  # 1 s
+        image = scene.read().image.copy()
+        image[40:100, 40 + 3 * i:90 + 3 * i] = 20  # top left, moving right
+        image[380:440, 540 - 3 * i:590 - 3 * i] = 230  # bottom right, moving left
+        pipeline.process(Frame(image, i / 30.0, i))
+    assert detector.calls[0] is None  # the first look: the whole frame
+    later = detector.calls[1:]
+    assert len(later) == 2 * 9  # two regions per detection run, 9 runs after the first
+    for region in later:
+        assert region[2] * region[3] < 0.05 * 640 * 480
+    assert {region[0] < 320 for region in later} == {True, False}  # one each side
