@@ -45,6 +45,9 @@ class Detector(Protocol):
 SNAP = 32  # detector input sides are multiples of this: few distinct input shapes
 
 
+EDGE = 2  # detector pixels: a face this close to a cut edge of a region is cut too
+
+
 @dataclass(frozen=True)
 class View:
     """What a detector looks at: part of a frame, scaled; maps its boxes back."""
@@ -53,11 +56,29 @@ class View:
     factor: float  # detector pixels per frame pixel
     x0: int
     y0: int
+    x1: int = 0  # the part's far corner in the frame, and the frame's size
+    y1: int = 0
+    frame_w: int = 0
+    frame_h: int = 0
 
     def to_frame(self, x: float, y: float, w: float, h: float) -> Box:
         f = self.factor
         return (int(round(x / f + self.x0)), int(round(y / f + self.y0)),
                 int(round(w / f)), int(round(h / f)))
+
+    def whole(self, faces: list[Face]) -> list[Face]:
+        """The faces not cut by an edge of the part that is not the frame's edge: such a
+        face lies in another region too (or is found whole at the next full look), and its
+        cut half would pass for a second, smaller face."""
+        margin = EDGE / self.factor
+        inner = (self.x0 > 0, self.y0 > 0, self.x1 < self.frame_w, self.y1 < self.frame_h)
+        if not any(inner):
+            return faces
+        return [f for f in faces if not (
+            (inner[0] and f.box[0] <= self.x0 + margin)
+            or (inner[1] and f.box[1] <= self.y0 + margin)
+            or (inner[2] and f.box[0] + f.box[2] >= self.x1 - margin)
+            or (inner[3] and f.box[1] + f.box[3] >= self.y1 - margin))]
 
 
 def _grow(start: int, size: int, factor: float, limit: int) -> tuple[int, int]:
@@ -83,7 +104,7 @@ def view_of(frame: np.ndarray, region: Box | None, max_side: int) -> View:
     if factor < 1.0:
         size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
         part = cv2.resize(part, size, interpolation=cv2.INTER_AREA)
-    return View(part, factor, x0, y0)
+    return View(part, factor, x0, y0, x1, y1, w, h)
 
 
 def _keep(faces: list[Face], min_face: int) -> list[Face]:
@@ -111,7 +132,7 @@ class HaarDetector:
         found = self._cascade.detectMultiScale(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
             minSize=(min_size, min_size))
-        return _keep([Face(view.to_frame(*b), 1.0) for b in found], self.min_face)
+        return _keep(view.whole([Face(view.to_frame(*b), 1.0) for b in found]), self.min_face)
 
 
 class YuNetDetector:
@@ -141,7 +162,7 @@ class YuNetDetector:
         _, found = self._net.detect(view.image)
         faces = [Face(view.to_frame(*row[:4]), float(row[-1]))
                  for row in (found if found is not None else [])]
-        return _keep(faces, self.min_face)
+        return _keep(view.whole(faces), self.min_face)
 
 
 def _blazeface_anchors(input_size: int) -> np.ndarray:
@@ -218,7 +239,7 @@ class BlazeFaceDetector:
                                   self.score_threshold, self.nms_threshold)
         faces = [Face(tuple(int(round(v)) for v in boxes[i]), float(scores[keep][i]))
                  for i in np.asarray(picked).reshape(-1)]
-        return _keep(faces, self.min_face)
+        return _keep(view.whole(faces), self.min_face)
 
 
 DETECTORS = ("yunet", "blazeface", "haar")

@@ -26,7 +26,7 @@ from .classify import Classifier, Prediction
 from .detect import Detector, Face
 from .motion import MotionGate
 from .preprocess import Box
-from .track import Track, Tracker, Transition, iou
+from .track import Track, Tracker, Transition
 
 STAGES = ("detect", "classify", "track")
 
@@ -89,11 +89,18 @@ def area(box: Box) -> int:
     return box[2] * box[3]
 
 
-def distinct(faces: list[Face], max_iou: float = 0.5) -> list[Face]:
-    """Faces found twice (where two searched regions meet) kept once, the surest."""
+def shared(a: Box, b: Box) -> float:
+    """Share of the smaller box that the other covers."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(0, w) * max(0, h) / max(1, min(area(a), area(b)))
+
+
+def distinct(faces: list[Face], max_shared: float = 0.6) -> list[Face]:
+    """Faces found twice (where two searched regions meet) kept once, the larger box."""
     kept: list[Face] = []
-    for face in sorted(faces, key=lambda f: -f.score):
-        if all(iou(face.box, other.box) <= max_iou for other in kept):
+    for face in sorted(faces, key=lambda f: (-area(f.box), -f.score)):
+        if all(shared(face.box, other.box) <= max_shared for other in kept):
             kept.append(face)
     return kept
 
@@ -115,6 +122,7 @@ def around(box: Box, margin: float) -> Box:
 
 
 TRACK_MARGIN = 1.0  # a tracked face is looked for within one face size of where it was
+MOTION_MARGIN = 0.25  # and a moving blob with a quarter of its size around it
 WHOLE_FRAME_SHARE = 0.6  # regions this share of the frame or more: search all of it
 MERGE_SLACK = 1.3  # join two regions when the box around both is at most this much larger
 SIGNATURE_SIZE = 16
@@ -197,7 +205,7 @@ class Pipeline:
             self._last_full = frame.ts
             return True, None
         looks = [around(t.predicted(frame.ts), TRACK_MARGIN) for t in self.tracker.tracks]
-        looks += moved
+        looks += [around(box, MOTION_MARGIN) for box in moved]
         if not looks:
             return False, None
         return True, merged(looks)
