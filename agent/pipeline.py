@@ -3,10 +3,11 @@
 The pipeline skips work to run fast on a Pi and spends it where faces are:
 - faces are detected at most `detect_fps` times per second of video time (the tracker
   carries people in between);
-- with the motion gate, only the part of the frame that moved or holds a tracked person is
-  searched (at the whole frame's detection scale, so small faces stay findable), nothing at
-  all while nothing moves and nobody is tracked, and the whole frame every `idle_check_s`
-  (a person who stands still is not lost);
+- with the motion gate, only the parts of the frame that moved or hold a tracked person
+  are searched (at the whole frame's detection scale, so small faces stay findable; close
+  parts joined, faces found twice kept once), nothing at all while nothing moves and
+  nobody is tracked, and the whole frame every `idle_check_s` (a person who stands still
+  is not lost);
 - a face is classified only while its person is undecided (and now and then after, to
   catch someone putting a mask on).
 It does no I/O: it returns the tracker's transitions and leaves publishing to the service.

@@ -68,6 +68,23 @@ def test_regions_are_grown_to_a_few_input_shapes():
     assert view_of(frame, None, max_side=480).image.shape[:2] == (360, 480)
 
 
+def test_a_face_cut_by_a_regions_edge_is_not_a_face_there():
+    import numpy as np
+
+    from maskwatch.agent.detect import Face
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+    view = view_of(frame, (0, 200, 320, 200), max_side=480)  # left edge = the frame's
+    y0, x1 = view.y0, view.x1
+    inside = Face((100, y0 + 20, 40, 40), 0.9)
+    at_frame_edge = Face((0, y0 + 20, 40, 40), 0.9)  # the frame ends there too: whole
+    cut_right = Face((x1 - 30, y0 + 20, 40, 40), 0.9)  # runs past the part's right edge
+    cut_top = Face((100, y0, 40, 40), 0.9)
+    assert view.whole([inside, at_frame_edge, cut_right, cut_top]) == [inside, at_frame_edge]
+    whole_frame = view_of(frame, None, max_side=480)
+    assert whole_frame.whole([cut_top, at_frame_edge]) == [cut_top, at_frame_edge]
+
+
 def test_blazeface_full_range(state_dir, dev_set):
     det = BlazeFaceDetector(state_dir / "models" / DETECTOR_FILES["blazeface-full"].name,
                             min_face=20, score_threshold=0.5)
