@@ -166,3 +166,34 @@ def test_people_apart_are_searched_apart():
     for region in later:
         assert region[2] * region[3] < 0.1 * 640 * 480  # each a small part of the frame
     assert {region[0] < 320 for region in later} == {True, False}  # one each side
+
+
+def test_regions_stay_inside_the_roi_in_its_own_pixels():
+    class Recorder(CountingDetector):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def detect(self, frame, region=None):
+            self.calls.append((frame.shape[:2], region))
+            return []
+
+    from maskwatch.agent.classify import Classifier
+
+    detector = Recorder()
+    pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
+                        roi=(0.5, 0.0, 0.5, 1.0), gate=MotionGate(), idle_check_s=2.0)
+    scene = EmptyScene((640, 480), frames=60)
+    for i in range(60):  # 2 s: someone in the left half, then in the right half
+        image = scene.read().image.copy()
+        x = 100 + 3 * i if i < 30 else 400 + 3 * (i - 30)
+        image[200:260, x:x + 50] = 20
+        pipeline.process(Frame(image, i / 30.0, i))
+    assert detector.calls[0] == ((480, 320), None)  # the first look: all of the ROI
+    later = detector.calls[1:]
+    assert all(shape == (480, 320) for shape, _ in later)  # only ever the ROI is shown
+    regions = [region for _, region in later]
+    # in the ROI's own pixels, around the person (x 400.. in the frame = 80.. in the ROI)
+    assert regions and all(region is not None and region[0] >= 400 - 320 - 40
+                           for region in regions)
+    assert len(regions) <= 10  # nothing searched while the person was outside the ROI
