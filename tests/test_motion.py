@@ -138,20 +138,23 @@ def test_only_what_moved_and_where_people_are_is_searched():
     assert pipeline.stats.searched < 0.25 * pipeline.stats.detections
 
 
+class RegionRecorder(CountingDetector):
+    """Finds nothing; records (image shape, region) of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def detect(self, frame, region=None):
+        self.calls.append((frame.shape[:2], region))
+        return []
+
+
 def test_people_apart_are_searched_apart():
     """Two people at opposite corners: two small regions, not the box around both."""
-    class TwoWalkers(CountingDetector):
-        def __init__(self):
-            super().__init__()
-            self.calls = []
-
-        def detect(self, frame, region=None):
-            self.calls.append(region)
-            return []
-
     from maskwatch.agent.classify import Classifier
 
-    detector = TwoWalkers()
+    detector = RegionRecorder()
     pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
                         gate=MotionGate(), idle_check_s=2.0)
     scene = EmptyScene((640, 480), frames=30)
@@ -160,8 +163,8 @@ def test_people_apart_are_searched_apart():
         image[40:100, 40 + 3 * i:90 + 3 * i] = 20  # top left, moving right
         image[380:440, 540 - 3 * i:590 - 3 * i] = 230  # bottom right, moving left
         pipeline.process(Frame(image, i / 30.0, i))
-    assert detector.calls[0] is None  # the first look: the whole frame
-    later = detector.calls[1:]
+    assert detector.calls[0][1] is None  # the first look: the whole frame
+    later = [region for _, region in detector.calls[1:]]
     assert len(later) == 2 * 9  # two regions per detection run, 9 runs after the first
     for region in later:
         assert region[2] * region[3] < 0.1 * 640 * 480  # each a small part of the frame
@@ -169,18 +172,9 @@ def test_people_apart_are_searched_apart():
 
 
 def test_regions_stay_inside_the_roi_in_its_own_pixels():
-    class Recorder(CountingDetector):
-        def __init__(self):
-            super().__init__()
-            self.calls = []
-
-        def detect(self, frame, region=None):
-            self.calls.append((frame.shape[:2], region))
-            return []
-
     from maskwatch.agent.classify import Classifier
 
-    detector = Recorder()
+    detector = RegionRecorder()
     pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
                         roi=(0.5, 0.0, 0.5, 1.0), gate=MotionGate(), idle_check_s=2.0)
     scene = EmptyScene((640, 480), frames=60)
