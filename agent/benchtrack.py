@@ -27,7 +27,7 @@ from .config import Config
 from .decision import MASK, NO_MASK
 from .factory import pipeline_from
 from .preprocess import Box
-from .track import Tracker, best_match
+from .track import Tracker, best_match, intersection
 from .voc import read_voc
 
 FPS = 25.0
@@ -142,9 +142,7 @@ def render(back: np.ndarray, actors: list[Actor], i: int, rng) -> np.ndarray:
 
 def covered(box: Box, by: Box) -> float:
     """Share of `box` that `by` covers."""
-    w = min(box[0] + box[2], by[0] + by[2]) - max(box[0], by[0])
-    h = min(box[1] + box[3], by[1] + by[3]) - max(box[1], by[1])
-    return max(0, w) * max(0, h) / max(1, box[2] * box[3])
+    return intersection(box, by) / max(1, box[2] * box[3])
 
 
 def visible_faces(actors: list[Actor], i: int) -> list[tuple[int, Box]]:

@@ -80,8 +80,8 @@ class DetectConfig:
     fps: float = setting(10.0, "float", "detection rate cap (frames per second of video time)",
                          low=0.1, high=120)
     max_side: int = setting(480, "int", "frames are scaled to this long side for detection "
-                            "(the moving part alone is searched, at this scale)", low=64,
-                            high=4096)
+                            "(with the motion gate only the parts that move or hold people "
+                            "are searched, at this scale)", low=64, high=4096)
     min_face: int = setting(20, "int", "ignore faces smaller than this (pixels)", low=4,
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,

@@ -43,8 +43,6 @@ class Detector(Protocol):
 
 
 SNAP = 32  # detector input sides are multiples of this: few distinct input shapes
-
-
 EDGE = 2  # detector pixels: a face this close to a cut edge of a region is cut too
 
 
@@ -54,12 +52,12 @@ class View:
 
     image: np.ndarray
     factor: float  # detector pixels per frame pixel
-    x0: int
+    x0: int  # the part's corners in the frame, and the frame's size
     y0: int
-    x1: int = 0  # the part's far corner in the frame, and the frame's size
-    y1: int = 0
-    frame_w: int = 0
-    frame_h: int = 0
+    x1: int
+    y1: int
+    frame_w: int
+    frame_h: int
 
     def to_frame(self, x: float, y: float, w: float, h: float) -> Box:
         f = self.factor

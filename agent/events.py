@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .head import BUNDLE_HEAD
 from .track import Transition
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "event.schema.json"
@@ -50,7 +51,7 @@ def build_event(transition: Transition, context: EventContext, wall_ts: float,
         "box": [int(v) for v in track.box],
         "frame_size": [int(context.frame_size[0]), int(context.frame_size[1])],
         "model": {"name": context.model.get("name"), "sha256": context.model.get("sha256"),
-                  "head": context.model.get("head", "bundle")},
+                  "head": context.model.get("head", BUNDLE_HEAD)},
     }
 
 

@@ -302,7 +302,7 @@ class HttpEndpoint:
                     return
                 if not self._allowed():
                     return
-                if self.path.split("?", 1)[0] != "/v1/predict":
+                if path != "/v1/predict":
                     self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path[:80]}")
                     return
                 body = self._body()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ from .classify import Classifier, Prediction
 from .detect import Detector, Face
 from .motion import MotionGate
 from .preprocess import Box
-from .track import Track, Tracker, Transition
+from .track import Track, Tracker, Transition, intersection
 
 STAGES = ("detect", "classify", "track")
 
@@ -70,20 +71,18 @@ def merged(boxes: list[Box]) -> list[Box]:
     """Boxes joined while the box around two costs little more than searching both
     (overlapping or close ones): fewer, larger regions, each searched once."""
     boxes = list(boxes)
-    joined = True
-    while joined and len(boxes) > 1:
-        joined = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                both = union([boxes[i], boxes[j]])
-                if both[2] * both[3] <= MERGE_SLACK * (area(boxes[i]) + area(boxes[j])):
-                    boxes[i] = both
-                    del boxes[j]
-                    joined = True
-                    break
-            if joined:
-                break
+    while (pair := _joinable(boxes)) is not None:
+        i, j = pair
+        boxes[i] = union([boxes[i], boxes.pop(j)])
     return boxes
+
+
+def _joinable(boxes: list[Box]) -> tuple[int, int] | None:
+    """The first two boxes (i < j) whose surrounding box is at most MERGE_SLACK times
+    their areas together."""
+    return next(((i, j) for i, j in combinations(range(len(boxes)), 2)
+                 if area(union([boxes[i], boxes[j]]))
+                 <= MERGE_SLACK * (area(boxes[i]) + area(boxes[j]))), None)
 
 
 def area(box: Box) -> int:
@@ -92,9 +91,7 @@ def area(box: Box) -> int:
 
 def shared(a: Box, b: Box) -> float:
     """Share of the smaller box that the other covers."""
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    return max(0, w) * max(0, h) / max(1, min(area(a), area(b)))
+    return intersection(a, b) / max(1, min(area(a), area(b)))
 
 
 def distinct(faces: list[Face], max_shared: float = 0.6) -> list[Face]:
@@ -162,17 +159,19 @@ class Pipeline:
         h, w = image.shape[:2]
         roi = roi_pixels(self.roi, w, h) or (0, 0, w, h)
         x, y, rw, rh = roi
+        searched = rw * rh
         if regions is not None:
             regions = [r for r in (clip_to(r, roi) for r in regions) if r is not None]
-            if sum(map(area, regions)) >= WHOLE_FRAME_SHARE * rw * rh:
+            if sum(map(area, regions)) >= WHOLE_FRAME_SHARE * searched:
                 regions = None
+            else:
+                searched = sum(map(area, regions))
         within = image[y:y + rh, x:x + rw]
         if regions is None:
             faces = self.detector.detect(within)
         else:
             faces = distinct([f for r in regions for f in self.detector.detect(within, r)])
-        self.stats.searched += (sum(map(area, regions)) if regions is not None
-                                else rw * rh) / (w * h)
+        self.stats.searched += searched / (w * h)
         if (x, y) == (0, 0):
             return faces
         return [Face((f.box[0] + x, f.box[1] + y, f.box[2], f.box[3]), f.score) for f in faces]

@@ -22,7 +22,7 @@ from .config import Config
 from .decision import MASK, NO_MASK
 from .detect import Detector, find_subject_face
 from .errors import MaskwatchError, ModelError, UsageError
-from .head import head_path, read_head, write_head
+from .head import BUNDLE_HEAD, head_path, read_head, write_head
 from .predict import IMAGE_SUFFIXES, read_image_file
 from .preprocess import face_input, whole_image_box
 from .samples import Collector, SampleStore
@@ -123,11 +123,12 @@ def head_status(cfg: Config, classifier: Classifier) -> dict:
     """What the console and `adapt --status` show: the head in use and its provenance."""
     path = head_path(cfg.state_dir or ".")
     if not path.exists():
-        return {"head": "bundle", "model": classifier.info.name}
+        return {"head": BUNDLE_HEAD, "model": classifier.info.name}
     try:
         head = read_head(path, classifier.info.sha256, classifier.feature_size)
     except ModelError as exc:
-        return {"head": "bundle", "model": classifier.info.name, "problem": str(exc)}
+        return {"head": BUNDLE_HEAD, "model": classifier.info.name,
+                "problem": str(exc)}
     return {"head": head.id, "model": classifier.info.name, "threshold": head.threshold,
             "provenance": head.provenance}
 

@@ -43,13 +43,16 @@ ALIVE_MOVE = 0.15  # the box centre moved this share of the face size: a live pe
 ALIVE_PIXELS = 4.0  # mean grey-level change of the face signature: a live person
 
 
+def intersection(a: Box, b: Box) -> int:
+    """Area (pixels) the two boxes share; 0 when they are apart."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(0, w) * max(0, h)
+
+
 def iou(a: Box, b: Box) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    union = aw * ah + bw * bh - inter
+    inter = intersection(a, b)
+    union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -288,8 +291,10 @@ class Tracker:
     def _forget_lost(self, ts: float, everything: bool) -> list[Transition]:
         """`end` for lost people past the re-identification window (or beyond LOST_KEPT)."""
         deadline = self.rules.max_missed_s + self.rules.reid_s
-        gone = [t for t in self.lost if everything or ts - t.last_seen > deadline]
-        kept = [t for t in self.lost if t not in gone]
+        gone: list[Track] = []
+        kept: list[Track] = []
+        for track in self.lost:
+            (gone if everything or ts - track.last_seen > deadline else kept).append(track)
         gone += kept[:max(0, len(kept) - LOST_KEPT)]
         self.lost = kept[max(0, len(kept) - LOST_KEPT):]
         return [Transition("end", t) for t in gone]
