@@ -356,11 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/pipeline.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("bench-detect", help="detector recall and speed on a VOC scene set")
+    p = sub.add_parser("bench-detect", help="detector recall, speed and false faces on a VOC "
+                       "scene set (the detectors run with the config's detect.* settings)")
     common(p)
     p.add_argument("voc", help="Pascal VOC folder (images/, annotations/)")
     p.add_argument("--detectors", default="haar,yunet,blazeface")
-    p.add_argument("--min-face", type=int, default=40)
+    p.add_argument("--min-face", type=int, default=40, help="recall counts annotated faces "
+                   "this large or larger (px at a 640 px frame); the detectors' own size "
+                   "filter is detect.min_face")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images")
     p.add_argument("--out", default="bench/detectors.json")
     p.set_defaults(func=cmd_bench_detect)
