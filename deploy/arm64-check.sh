@@ -59,7 +59,9 @@ update-binfmts --enable qemu-aarch64 2>/dev/null || true
 step "wheel of the device package (built here)"
 rm -rf "$WORK" && mkdir -p "$WORK/wheel" "$WORK/images"
 "$PY" -m pip wheel -q --no-deps -w "$WORK/wheel" "$SRC"
-find "$SHARED/data/dev/andrewmvd/images" -type f | sort | head -n "$IMAGES" |
+# awk, not head: head exits after N lines, and under pipefail the SIGPIPE it leaves sort
+# (once the listing outgrows the pipe's buffer, as with a long $SHARED path) fails the script
+find "$SHARED/data/dev/andrewmvd/images" -type f | sort | awk -v n="$IMAGES" 'NR <= n' |
   while read -r f; do cp "$f" "$WORK/images/"; done
 
 step "reference: detect --json on x86 ($IMAGES images)"
