@@ -6,6 +6,11 @@ bundle's anchor set included), and score the site's other faces before and after
 agent would decide them (a refused head leaves the current one in place). Repeated over
 random draws; prints the curve and writes JSON. Also measures the refit on 2,000 samples
 (seconds, peak extra memory) and the per-face cost with a site head in use.
+
+Each site also gets a ceiling: the same fit given every label of the site but one fold's
+(5-fold cross-validation, the head taken whether or not the device would accept it). It is
+the most that refitting the last layer can buy there, so a target above it is out of
+reach of any number of labels, and the gap between a k row and it is what more labels buy.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.adapt import FitOptions, fit_head, metrics
+from maskwatch.agent.adapt import FitOptions, balanced_accuracy, fit_head, fold_ids, metrics
 from maskwatch.agent.bench import machine, timings, write_json
 from maskwatch.agent.classify import Classifier
 from maskwatch.agent.decision import MASK, NO_MASK
@@ -109,6 +114,25 @@ def simulate(x, y, p_bundle, classifier: Classifier, ks, repeats: int, seed: int
     return rows
 
 
+def ceiling(x, y, p_bundle, classifier: Classifier, folds: int = 5, seed: int = 0,
+            options: FitOptions | None = None) -> dict:
+    """Out-of-fold balanced accuracy of the device's fit trained on all the site's labels
+    but one fold's (each fold's head with its own threshold), beside the bundle's."""
+    prior = classifier.bundle_head()
+    anchor_x, anchor_y = classifier.anchors()
+    fold = fold_ids(y, folds, seed)
+    predicted = np.zeros(len(y), int)
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        head = fit_head(x[train], y[train], anchor_x, anchor_y, prior, None,
+                        p_bundle[train], options or FitOptions()).head
+        predicted[test] = head.no_mask_probability(x[test]) >= head.threshold
+    before = (p_bundle >= prior.threshold).astype(int)
+    return {"folds": folds, "labels_per_fit": int(np.sum(fold != 0)),
+            "balanced_accuracy_before": round(balanced_accuracy(y, before), 4),
+            "balanced_accuracy_after": round(balanced_accuracy(y, predicted), 4)}
+
+
 def summarise(k, before, after, accepted, repeats, seconds) -> dict:
     def mean(rows, key):
         return round(float(np.mean([r[key] for r in rows])), 4)
@@ -165,14 +189,19 @@ def bench_adapt(sites: list[Site], detector_model: str | None, out: Path, repeat
         classifier = Classifier(site.bundle)
         x, y, p = site_faces(site, classifier, detector_model, min_face)
         rows = simulate(x, y, p, classifier, KS, repeats, seed)
+        top = ceiling(x, y, p, classifier)
         for r in rows:
             print(f"{site.name:<16} {r['k']:>3} {r['balanced_accuracy_before']:>15.1%} "
                   f"{r['balanced_accuracy_after']:>7.1%} {r['balanced_accuracy_after_min']:>10.1%} "
                   f"{r['worst_change']:>+13.1%} {r['no_mask_recall_before']:>6.1%} -> "
                   f"{r['no_mask_recall_after']:>6.1%} {r['accepted']:>5}/{r['repeats']}")
+        print(f"{site.name:<16} {'all':>3} {top['balanced_accuracy_before']:>15.1%} "
+              f"{top['balanced_accuracy_after']:>7.1%}   (ceiling: {top['labels_per_fit']} "
+              f"labels per fit, {top['folds']}-fold)")
         results.append({"site": site.name, "bundle": str(site.bundle), "data": str(site.data),
                         "faces": {"with_mask": int(np.sum(y == 0)),
-                                  "without_mask": int(np.sum(y == 1))}, "curve": rows})
+                                  "without_mask": int(np.sum(y == 1))}, "curve": rows,
+                        "ceiling": top})
         if cost is None or len(y) > cost["site_faces"]:
             cost = {**refit_cost(x, y, classifier), "site": site.name, "site_faces": len(y)}
         if face_cost is None:

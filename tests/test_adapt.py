@@ -265,3 +265,25 @@ def test_adapt_site_uses_collected_labels(shared, tmp_path):
     assert x.shape == (16, 1280) and y.sum() == 8
     report = adapt_site(cfg, classifier, x, y, write=False)
     assert report.after and not (tmp_path / HEAD_FILE).exists()  # dry run writes nothing
+
+
+def test_bench_adapt_prints_the_curve_and_the_ceiling_of_all_labels(shared, tmp_path):
+    """`mask-convert bench-adapt` end to end on 30 real faces per class: the k rows it can
+    draw (two k per class must fit), and a ceiling fitted on four folds of every label."""
+    import sys
+
+    labels = site_folder(shared, tmp_path, 30)
+    out = tmp_path / "adapt.json"
+    result = subprocess.run([sys.executable, "-m", "maskwatch.convert", "bench-adapt",
+                             "--site", f"jolignier=agent/default_model:{labels}",
+                             "--repeats", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    site = json.loads(out.read_text())["sites"][0]
+    assert [row["k"] for row in site["curve"]] == [5, 10]
+    assert all(0.5 <= row["balanced_accuracy_after"] <= 1 for row in site["curve"])
+    top = site["ceiling"]
+    assert site["faces"] == {"with_mask": 30, "without_mask": 30}
+    assert top["folds"] == 5 and top["labels_per_fit"] == 48  # 4 of 5 stratified folds
+    assert 0.5 <= top["balanced_accuracy_after"] <= 1
+    assert "jolignier" in result.stdout and "ceiling" in result.stdout
