@@ -68,8 +68,33 @@ def timings(call, runs: int, warmup: int = 20) -> list[float]:
     return times
 
 
+def proc_status_mb(*keys: str) -> dict[str, float] | None:
+    """Memory fields of /proc/self/status in MB (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            rows = [line.split() for line in f if line.split(":")[0] in keys]
+    except OSError:
+        return None
+    return {row[0].rstrip(":"): round(int(row[1]) / 1024.0, 1) for row in rows} or None
+
+
 def peak_rss_mb() -> float:
+    """Peak RSS of this process. VmHWM on Linux: ru_maxrss of a child started by
+    subprocess (vfork + exec) also holds the parent's peak up to the exec, which would
+    charge the bench's own process (or TensorFlow in it) to the agent's figures."""
+    status = proc_status_mb("VmHWM")
+    if status:
+        return status["VmHWM"]
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_split_mb() -> dict[str, float] | None:
+    """RSS now, split into anonymous memory (the process's own: heap, buffers, tensors) and
+    pages mapped from files (library code and data, the mmapped model): the latter are
+    clean, shared with the page cache and dropped by the kernel under memory pressure,
+    which matters on a 512 MB Pi. Linux only (None elsewhere)."""
+    status = proc_status_mb("RssAnon", "RssFile")
+    return {"anon": status["RssAnon"], "file": status["RssFile"]} if status else None
 
 
 def cpu_seconds() -> float:
@@ -135,16 +160,31 @@ class EmptyScene:
 
 
 def _bench_source(job: PipelineBench):
+    """The video, or for the empty mode the generated scene alone: its size and length
+    were read from the video by the parent (`_sized_like_video`), so the child never loads
+    a decoder it does not use and its RSS is the agent's on a quiet camera."""
     from .camera import FileSource
 
+    if job.mode == "empty":
+        return EmptyScene(job.size, job.max_frames)
+    return FileSource(job.video)
+
+
+def _sized_like_video(job: PipelineBench) -> PipelineBench:
+    """The empty mode's job with the video's frame size (unless --size) and length."""
+    from .camera import FileSource
+    from .errors import SourceError
+
     source = FileSource(job.video)
-    if job.mode != "empty":
-        return source
-    first = source.read()
-    size = job.size or (first.image.shape[1], first.image.shape[0])
-    frames = job.max_frames or source.frame_count or 600
-    source.close()
-    return EmptyScene(size, frames)
+    try:
+        first = source.read()
+        if first is None:
+            raise SourceError(f"{job.video}: no frame could be decoded")
+        size = job.size or (first.image.shape[1], first.image.shape[0])
+        frames = job.max_frames or source.frame_count or 600
+    finally:
+        source.close()
+    return replace(job, size=size, max_frames=frames)
 
 
 def _pipeline_child(cfg: Config, job: PipelineBench, spawned_at: float) -> dict:
@@ -213,6 +253,7 @@ def _pipeline_child(cfg: Config, job: PipelineBench, spawned_at: float) -> dict:
         "cpu_s_per_frame": round(cpu / frames, 5),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_rss_mb_after": {k: round(v, 1) for k, v in stages.items()},
+        "rss_mb_at_end": rss_split_mb(),
         "startup_s": round(startup, 3),
     }
 
@@ -236,6 +277,8 @@ def bench_pipeline(cfg: Config, video: str, detectors: list[str], out: str,
         child_cfg = as_dict(cfg.replace(detect=cfg.detect.using(name)))
         for mode in modes or list(MODES):
             job = PipelineBench(video, mode, size, realtime_fps, max_frames)
+            if mode == "empty":
+                job = _sized_like_video(job)
             print(f"{name} {mode}: running ...", file=sys.stderr, flush=True)
             result = _run_child(child_cfg, job)
             if result is not None:
@@ -276,8 +319,11 @@ def print_pipeline_table(video: str, threads: int, realtime_fps: float, results:
               f"{r['cpu_s_per_frame']:>8.4f} {ms['detect']:>7.2f} {ms['classify']:>8.2f} "
               f"{r['peak_rss_mb']:>7.1f} {r['startup_s']:>7.2f} {r['people']:>6}")
     for r in results:
+        split = r.get("rss_mb_at_end")
+        at_end = f"; RSS at the end: {split['anon']:.0f} anonymous + {split['file']:.0f} " \
+                 "mapped from files" if split else ""
         print(f"peak RSS MB after {r['detector']} {r['mode']}: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in r["peak_rss_mb_after"].items()))
+            f"{k} {v:.0f}" for k, v in r["peak_rss_mb_after"].items()) + at_end)
     print("det/f: detector runs per frame; area/f: frames' worth of pixels searched per "
           "frame; cls/f: faces classified per frame; detect and classify in ms per frame; "
           "people: `new` events")

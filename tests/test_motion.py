@@ -97,6 +97,10 @@ def test_bench_reports_work_per_frame_for_each_mode(tmp_path):
     stages = rows["defaults"]["peak_rss_mb_after"]
     assert list(stages) == ["imports", "models", "source open", "first frame"]
     assert stages["imports"] <= stages["first frame"] <= rows["defaults"]["peak_rss_mb"]
+    split = rows["defaults"]["rss_mb_at_end"]  # Linux: anonymous + mapped from files
+    assert split["anon"] > 5 and split["file"] > 5
+    assert split["anon"] + split["file"] <= rows["defaults"]["peak_rss_mb"] + 1
+    assert "anonymous" in result.stdout
     assert rows["every-frame"]["frame_share_searched_per_frame"] > 0.5  # people move
 
 
