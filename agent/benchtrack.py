@@ -27,7 +27,7 @@ from .config import Config
 from .decision import MASK, NO_MASK
 from .factory import pipeline_from
 from .preprocess import Box
-from .track import Tracker, best_match, intersection
+from .track import Tracker, area, best_match, intersection
 from .voc import read_voc
 
 FPS = 25.0
@@ -142,7 +142,7 @@ def render(back: np.ndarray, actors: list[Actor], i: int, rng) -> np.ndarray:
 
 def covered(box: Box, by: Box) -> float:
     """Share of `box` that `by` covers."""
-    return intersection(box, by) / max(1, box[2] * box[3])
+    return intersection(box, by) / max(1, area(box))
 
 
 def visible_faces(actors: list[Actor], i: int) -> list[tuple[int, Box]]:

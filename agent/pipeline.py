@@ -28,7 +28,7 @@ from .classify import Classifier, Prediction
 from .detect import Detector, Face
 from .motion import MotionGate
 from .preprocess import Box
-from .track import Track, Tracker, Transition, intersection
+from .track import Track, Tracker, Transition, area, intersection
 
 STAGES = ("detect", "classify", "track")
 
@@ -85,10 +85,6 @@ def _joinable(boxes: list[Box]) -> tuple[int, int] | None:
                  <= MERGE_SLACK * (area(boxes[i]) + area(boxes[j]))), None)
 
 
-def area(box: Box) -> int:
-    return box[2] * box[3]
-
-
 def shared(a: Box, b: Box) -> float:
     """Share of the smaller box that the other covers."""
     return intersection(a, b) / max(1, min(area(a), area(b)))
@@ -103,13 +99,14 @@ def distinct(faces: list[Face], max_shared: float = 0.6) -> list[Face]:
     return kept
 
 
-def clip_to(box: Box, area: Box) -> Box | None:
-    """`box` cut to `area`, in `area`'s own coordinates; None when they do not overlap."""
-    x0, y0 = max(box[0], area[0]), max(box[1], area[1])
-    x1, y1 = min(box[0] + box[2], area[0] + area[2]), min(box[1] + box[3], area[1] + area[3])
+def clip_to(box: Box, within: Box) -> Box | None:
+    """`box` cut to `within`, in `within`'s own coordinates; None when they do not overlap."""
+    x0, y0 = max(box[0], within[0]), max(box[1], within[1])
+    x1 = min(box[0] + box[2], within[0] + within[2])
+    y1 = min(box[1] + box[3], within[1] + within[3])
     if x1 <= x0 or y1 <= y0:
         return None
-    return x0 - area[0], y0 - area[1], x1 - x0, y1 - y0
+    return x0 - within[0], y0 - within[1], x1 - x0, y1 - y0
 
 
 def around(box: Box, margin: float) -> Box:
@@ -162,10 +159,11 @@ class Pipeline:
         searched = rw * rh
         if regions is not None:
             regions = [r for r in (clip_to(r, roi) for r in regions) if r is not None]
-            if sum(map(area, regions)) >= WHOLE_FRAME_SHARE * searched:
+            covered = sum(map(area, regions))
+            if covered >= WHOLE_FRAME_SHARE * searched:
                 regions = None
             else:
-                searched = sum(map(area, regions))
+                searched = covered
         within = image[y:y + rh, x:x + rw]
         if regions is None:
             faces = self.detector.detect(within)

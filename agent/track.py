@@ -50,9 +50,13 @@ def intersection(a: Box, b: Box) -> int:
     return max(0, w) * max(0, h)
 
 
+def area(box: Box) -> int:
+    return box[2] * box[3]
+
+
 def iou(a: Box, b: Box) -> float:
     inter = intersection(a, b)
-    union = a[2] * a[3] + b[2] * b[3] - inter
+    union = area(a) + area(b) - inter
     return inter / union if union > 0 else 0.0
 
 

@@ -59,7 +59,7 @@ class FaceBoxCache:
 def training_detector(model: str) -> DetectConfig:
     """The agent's detector settings (config `detect.*`) with two changes for training
     photos: they are mostly close-up crops, padded before detection, so YuNet looks at 640 px
-    (not 320) and keeps faces down to 8 px (the subject filter in faces.py decides)."""
+    (not the agent's 480) and keeps faces down to 8 px (the subject filter in faces.py decides)."""
     return DetectConfig(detector="yunet", model=model, max_side=640, min_face=8)
 
 
