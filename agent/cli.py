@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .bench import MODES
 from .errors import EXIT_FAILURE, EXIT_NOT_ADAPTED, MaskwatchError, UsageError
-from .models import DETECTOR_FILES, OPTIONAL
-from .predict import annotate, detect_result, read_image_file
+from .vision.models import DETECTOR_FILES, OPTIONAL
+from .vision.predict import annotate, detect_result, read_image_file
 
 if TYPE_CHECKING:
     from .config import Config
@@ -110,7 +109,7 @@ def cmd_detect(args) -> int:
 
 def cmd_classify(args) -> int:
     from .factory import classifier_from
-    from .preprocess import whole_image_box
+    from .vision.preprocess import whole_image_box
 
     cfg = load_config(args)
     classifier = classifier_from(cfg.classify, cfg.state_dir)
@@ -127,7 +126,7 @@ def cmd_classify(args) -> int:
 
 
 def cmd_models_fetch(args) -> int:
-    from .models import fetch, models_dir
+    from .vision.models import fetch, models_dir
 
     cfg = load_config(args)
     dest = Path(args.dest) if args.dest else models_dir(cfg.state_dir)
@@ -139,23 +138,36 @@ def cmd_models_fetch(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from .watch import watch
+    from .delivery.watch import watch
 
     cfg = load_config(args)
-    return watch(cfg, count=args.count, timeout=args.timeout, as_json=args.json)
+    return watch(cfg.mqtt, count=args.count, timeout=args.timeout, as_json=args.json)
+
+
+def bench_modes_arg(text: str) -> list[str]:
+    """`--modes`, checked against the bench's own list (imported only when given: the
+    running agent never loads the benches)."""
+    from .bench.measure import MODES
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode {', '.join(unknown) or text!r} "
+                                         f"(known: {', '.join(MODES)})")
+    return modes
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_pipeline
+    from .bench.measure import bench_pipeline
 
     cfg = load_config(args)
     return bench_pipeline(cfg, args.video, args.detectors.split(","), args.out,
-                          max_frames=args.frames, size=args.size, modes=args.modes.split(","),
+                          max_frames=args.frames, size=args.size, modes=args.modes,
                           realtime_fps=args.realtime)
 
 
 def cmd_bench_detect(args) -> int:
-    from .bench import bench_detectors
+    from .bench.measure import bench_detectors
 
     cfg = load_config(args)
     return bench_detectors(cfg, Path(args.voc), args.detectors.split(","), args.out,
@@ -163,23 +175,23 @@ def cmd_bench_detect(args) -> int:
 
 
 def cmd_bench_track(args) -> int:
-    from .benchtrack import bench_tracking
+    from .bench.tracking import bench_tracking
 
     return bench_tracking(load_config(args), Path(args.voc), Path(args.video), args.out)
 
 
 def cmd_bench_classify(args) -> int:
-    from .bench import bench_classifier
+    from .bench.measure import bench_classifier
 
     cfg = load_config(args)
     return bench_classifier(cfg, args.bundles or [None], args.out, runs=args.runs)
 
 
 def cmd_samples(args) -> int:
-    from .site import open_store
+    from .site.doorway import open_store
 
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg.adapt, cfg.state_dir)
     if args.samples_command == "list":
         for sample in store.list(limit=args.limit):
             print(json.dumps(sample.to_json()) if args.json else
@@ -199,7 +211,7 @@ def cmd_adapt(args) -> int:
     import numpy as np
 
     from .factory import classifier_from, detector_from
-    from .site import (
+    from .site.doorway import (
         adapt_site,
         head_status,
         label_folder_features,
@@ -210,18 +222,19 @@ def cmd_adapt(args) -> int:
 
     cfg = load_config(args)
     if args.revert:
-        print("reverted to the bundle's head" if revert(cfg) else "no site head: nothing to do")
+        print("reverted to the bundle's head" if revert(cfg.state_dir)
+              else "no site head: nothing to do")
         return 0
     classifier = classifier_from(cfg.classify, cfg.state_dir)
     if args.status:
-        print(json.dumps(head_status(cfg, classifier), indent=2))
+        print(json.dumps(head_status(cfg.state_dir, classifier), indent=2))
         return 0
     parts = []
     if args.labels:
         detector = detector_from(cfg.detect, cfg.state_dir)
         parts.append(label_folder_features(Path(args.labels), classifier, detector))
     if not args.labels or args.with_samples:
-        x, y = open_store(cfg).labelled_features()
+        x, y = open_store(cfg.adapt, cfg.state_dir).labelled_features()
         if len(y):
             parts.append((x, y))
     if not parts:
@@ -229,7 +242,7 @@ def cmd_adapt(args) -> int:
                          "give --labels DIR with with_mask/ and without_mask/ folders")
     site_x = np.concatenate([x for x, _ in parts])
     site_y = np.concatenate([y for _, y in parts])
-    report = adapt_site(cfg, classifier, site_x, site_y, write=not args.dry_run)
+    report = adapt_site(cfg.state_dir, classifier, site_x, site_y, write=not args.dry_run)
     print_report(report, args.json)
     return 0 if report.accepted else EXIT_NOT_ADAPTED
 
@@ -347,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("video")
     p.add_argument("--detectors", default="yunet", help="comma-separated (yunet,blazeface,haar)")
-    p.add_argument("--modes", default=",".join(MODES),
-                   help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument("--modes", type=bench_modes_arg, default=None,
+                   help="comma-separated, of defaults, every-frame, empty (default: all)")
     p.add_argument("--size", type=frame_size_arg, metavar="WxH", help="resize frames first")
     p.add_argument("--realtime", type=float, default=0.0, metavar="FPS",
                    help="pace frames like a camera at FPS and report CPU %% of one core")

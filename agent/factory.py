@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .classify import Classifier
-from .config import ClassifyConfig, Config, DetectConfig, TrackConfig
-from .detect import Detector, create_detector
-from .head import head_path
-from .models import detector_model_path
-from .motion import MotionGate
+from .config import Config
+from .delivery.topics import Topics
+from .people.config import TrackConfig
+from .people.track import Tracker
 from .pipeline import Pipeline
-from .track import Tracker
+from .vision.classify import Classifier
+from .vision.config import ClassifyConfig, DetectConfig
+from .vision.detect import Detector, create_detector
+from .vision.head import head_path
+from .vision.models import detector_model_path
+from .vision.motion import MotionGate
 
 
 def detector_from(settings: DetectConfig, state_dir: str | Path | None = None) -> Detector:
@@ -34,6 +37,12 @@ def classifier_from(settings: ClassifyConfig, state_dir: str | Path | None = Non
 
 def tracker_from(settings: TrackConfig) -> Tracker:
     return Tracker(settings)
+
+
+def topics_from(cfg: Config) -> Topics:
+    """This device's MQTT topics (the config must be resolved: device_id set)."""
+    return Topics.of(cfg.mqtt.topic_prefix, cfg.device_id or "",
+                     cfg.homeassistant.discovery_prefix)
 
 
 def pipeline_from(cfg: Config) -> Pipeline:

@@ -23,12 +23,12 @@ from itertools import combinations
 import cv2
 import numpy as np
 
-from .camera import Frame
-from .classify import Classifier, Prediction
-from .detect import Detector, Face
-from .motion import MotionGate
-from .preprocess import Box
-from .track import Track, Tracker, Transition, area, intersection
+from .people.track import Track, Tracker, Transition, area, intersection
+from .vision.camera import Frame
+from .vision.classify import Classifier, Prediction
+from .vision.detect import Detector, Face
+from .vision.motion import MotionGate
+from .vision.preprocess import Box
 
 STAGES = ("detect", "classify", "track")
 

@@ -18,21 +18,22 @@ from typing import Callable
 
 import cv2
 
-from .camera import Frame, Reopener, Source, quiet_opencv
-from .config import Config, hide_credentials, mqtt_password
-from .decision import NO_MASK
-from .discovery import Announcer
+from .config import Config
+from .delivery.config import mqtt_password
+from .delivery.discovery import Announcer
+from .delivery.outbox import ResilientOutbox
+from .delivery.publish import Publisher
 from .errors import EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
-from .events import EventContext, build_event, encode
-from .factory import pipeline_from
+from .factory import classifier_from, pipeline_from, topics_from
 from .health import Health
-from .outbox import ResilientOutbox
+from .people.events import EventContext, build_event, encode
+from .people.track import Transition
 from .pipeline import Pipeline
-from .predict import draw_faces
-from .publish import Publisher
 from .systemd import Notifier
-from .topics import Topics
-from .track import Transition
+from .vision.camera import Frame, Reopener, Source, quiet_opencv
+from .vision.config import hide_credentials
+from .vision.decision import NO_MASK
+from .vision.predict import draw_faces
 
 log = logging.getLogger("maskwatch.service")
 
@@ -51,10 +52,10 @@ class Agent:
         self.notifier = Notifier()
         self.pipeline = pipeline or pipeline_from(cfg)
         self.model_info = self.pipeline.classifier.info.summary()
-        self.topics = Topics.of(cfg)
+        self.topics = topics_from(cfg)
         self.outbox = ResilientOutbox(cfg.outbox.path or ":memory:", cfg.outbox.max_events,
                                       cfg.outbox.max_bytes)
-        self.publisher = Publisher(cfg, self.outbox, mqtt_password(cfg))
+        self.publisher = Publisher(cfg.mqtt, self.topics, self.outbox, mqtt_password(cfg.mqtt))
         self.announcer = Announcer(cfg.homeassistant, cfg.device_id or "", self.topics,
                                    self.pipeline.classifier.labels, self.model_info["name"],
                                    self.publisher)
@@ -64,19 +65,19 @@ class Agent:
         self.on_event: list[Callable[[dict], None]] = []  # extra listeners (the demo)
         self.samples = None  # the site sample store (collection on, or the console)
         if cfg.adapt.collect or (cfg.http.enabled and cfg.http.console):
-            from .site import open_store
+            from .site.doorway import open_store
 
-            self.samples = open_store(cfg)
+            self.samples = open_store(cfg.adapt, cfg.state_dir)
         if cfg.adapt.collect:
-            from .site import collector_listener
+            from .site.doorway import collector_listener
 
             self.pipeline.on_classified.append(
-                collector_listener(cfg, self.samples, self.pipeline.classifier))
+                collector_listener(cfg.adapt, self.samples, self.pipeline.classifier))
         self.http = None
         if cfg.http.enabled:
-            from .http import HttpEndpoint
+            from .web.http import HttpEndpoint
 
-            self.http = HttpEndpoint(cfg, self)
+            self.http = HttpEndpoint(cfg.http, cfg.detect.max_image_pixels, self)
         self.latest_frame: Frame | None = None
         self._context: EventContext | None = None
         self._clock_offset = 0.0
@@ -104,11 +105,14 @@ class Agent:
 
     def make_console(self, token: str | None):
         """The web console, fed by this agent's events and stats."""
-        from .console import Console, PeopleLog
+        from .web.console import Console, PeopleLog
 
         people = PeopleLog()
         self.on_event.append(people.add)
-        return Console(self.cfg, token, self.stats, self.samples, people,
+        cfg = self.cfg
+        return Console(cfg.state_dir, cfg.adapt.collect,
+                       lambda: classifier_from(cfg.classify, cfg.state_dir), token,
+                       self.stats, self.samples, people,
                        self.pipeline.classifier.identity)
 
     def make_predictor(self):

@@ -1,7 +1,7 @@
 """`mask-convert bench-adapt`: does site adaptation help on sites the model never saw?
 
 For each site (a bundle that never saw it + that site's labelled faces): draw k faces per
-class as the operator's labels, run the device's own fit (`maskwatch.agent.adapt`, the
+class as the operator's labels, run the device's own fit (`maskwatch.agent.site.adapt`, the
 bundle's anchor set included), and score the site's other faces before and after, as the
 agent would decide them (a refused head leaves the current one in place). Repeated over
 random draws; prints the curve and writes JSON. Also measures the refit on 2,000 samples
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.adapt import FitOptions, balanced_accuracy, fit_head, fold_ids, metrics
-from maskwatch.agent.bench import machine, timings, write_json
-from maskwatch.agent.classify import Classifier
-from maskwatch.agent.decision import MASK, NO_MASK
-from maskwatch.agent.head import Head
-from maskwatch.agent.models import bundled_model_path
-from maskwatch.agent.preprocess import face_input
-from maskwatch.agent.voc import is_voc, read_voc
+from maskwatch.agent.bench.measure import machine, timings, write_json
+from maskwatch.agent.site.adapt import FitOptions, balanced_accuracy, fit_head, fold_ids, metrics
+from maskwatch.agent.vision.classify import Classifier
+from maskwatch.agent.vision.decision import MASK, NO_MASK
+from maskwatch.agent.vision.head import Head
+from maskwatch.agent.vision.models import bundled_model_path
+from maskwatch.agent.vision.preprocess import face_input
+from maskwatch.agent.vision.voc import is_voc, read_voc
 
 from .dataset import scan
 from .errors import ConvertError

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from maskwatch.agent.preprocess import Box, CropSpec, face_input
+from maskwatch.agent.vision.preprocess import Box, CropSpec, face_input
 
 SMALL_FACE_P = 0.35  # share of augmented crops that simulate a small, far face
 

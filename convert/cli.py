@@ -48,7 +48,7 @@ def run_train(args) -> int:
 
     detector_model = args.detector_model
     if detector_model is None:
-        from maskwatch.agent.models import bundled_model_path
+        from maskwatch.agent.vision.models import bundled_model_path
 
         detector_model = str(bundled_model_path("yunet"))  # the agent's own
     elif detector_model == "none":
@@ -90,7 +90,7 @@ def run_evaluate(args) -> int:
 
     detector_model = args.detector_model
     if detector_model == "bundled":
-        from maskwatch.agent.models import bundled_model_path
+        from maskwatch.agent.vision.models import bundled_model_path
 
         detector_model = str(bundled_model_path("yunet"))
     evaluate(args.model, args.data, json_path=args.json, plots=args.plots, scale=args.margin,

@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskwatch.agent.decision import INCORRECT, MASK, NO_MASK
-from maskwatch.agent.predict import IMAGE_SUFFIXES
+from maskwatch.agent.vision.decision import INCORRECT, MASK, NO_MASK
+from maskwatch.agent.vision.predict import IMAGE_SUFFIXES
 
 from .errors import ConvertError
 

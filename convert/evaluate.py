@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.decision import MASK, NO_MASK, decide_all
 from maskwatch.agent.errors import InputError
-from maskwatch.agent.preprocess import CropSpec, face_input, whole_image_box
-from maskwatch.agent.track import best_match
-from maskwatch.agent.voc import is_voc, read_voc
+from maskwatch.agent.people.track import best_match
+from maskwatch.agent.vision.decision import MASK, NO_MASK, decide_all
+from maskwatch.agent.vision.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.vision.voc import is_voc, read_voc
 
 from .dataset import scan
 from .errors import ConvertError
@@ -51,7 +51,7 @@ class KerasScorer:
 
 class BundleScorer:
     def __init__(self, path: Path):
-        from maskwatch.agent.classify import Classifier
+        from maskwatch.agent.vision.classify import Classifier
 
         self.classifier = Classifier(path)
         self.labels = self.classifier.labels

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.classify import BUNDLE_FORMAT, Classifier
-from maskwatch.agent.decision import decide_all
-from maskwatch.agent.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.vision.classify import BUNDLE_FORMAT, Classifier
+from maskwatch.agent.vision.decision import decide_all
+from maskwatch.agent.vision.preprocess import CropSpec, face_input, whole_image_box
 
 from .augment import augmented_input
 from .dataset import scan

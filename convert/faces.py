@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 
 from maskwatch.agent.config import DetectConfig
-from maskwatch.agent.detect import Detector, find_subject_face
 from maskwatch.agent.factory import detector_from
-from maskwatch.agent.preprocess import Box, CropSpec, whole_image_box
+from maskwatch.agent.vision.detect import Detector, find_subject_face
+from maskwatch.agent.vision.preprocess import Box, CropSpec, whole_image_box
 
 from .dataset import Sample
 

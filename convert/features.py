@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.models import sha256_file
+from maskwatch.agent.vision.models import sha256_file
 
 from .errors import ConvertError
 
@@ -63,7 +63,7 @@ def with_features_output(flatbuffer: bytes) -> bytes:
 
 def add_features(bundle: Path) -> dict:
     """Upgrade a bundle folder in place: features output + model.json `features` entry."""
-    from maskwatch.agent.classify import Classifier, read_bundle
+    from maskwatch.agent.vision.classify import Classifier, read_bundle
 
     info = read_bundle(bundle)
     before = Classifier(bundle)
@@ -96,9 +96,9 @@ def anchor_features(bundle: Path, data: list[str], per_class: int, seed: int,
     """int8 features of `per_class` training faces per bundle label, drawn at random
     across all sources, cropped as training crops them (the subject face, else the photo),
     and the features' quantisation."""
-    from maskwatch.agent.classify import Classifier
-    from maskwatch.agent.models import bundled_model_path
-    from maskwatch.agent.preprocess import face_input
+    from maskwatch.agent.vision.classify import Classifier
+    from maskwatch.agent.vision.models import bundled_model_path
+    from maskwatch.agent.vision.preprocess import face_input
 
     from .dataset import scan
     from .faces import FaceCropper
@@ -133,7 +133,7 @@ def anchor_features(bundle: Path, data: list[str], per_class: int, seed: int,
 def add_anchors(bundle: Path, data: list[str], per_class: int = 200, seed: int = 1,
                 detector_model: str | None = None) -> dict:
     """Write the bundle's anchor set (`anchors.npz`) and name it in model.json."""
-    from maskwatch.agent.classify import read_bundle
+    from maskwatch.agent.vision.classify import read_bundle
 
     features, labels, names, quant = anchor_features(bundle, data, per_class, seed,
                                                      detector_model)

@@ -30,5 +30,5 @@ for site in "${SITES[@]}"; do
   args+=(--site "$site=$run/bundle:$SHARED/data/train/$site")
 done
 $PY -m maskwatch.convert bench-adapt "${args[@]}" \
-    --site "dev-scenes=agent/default_model:$SHARED/data/dev/andrewmvd" \
+    --site "dev-scenes=agent/vision/default_model:$SHARED/data/dev/andrewmvd" \
     --detector-model "$YUNET" --out bench/adapt.json

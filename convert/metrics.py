@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.decision import MASK, NO_MASK
+from maskwatch.agent.vision.decision import MASK, NO_MASK
 
 BINARY = (MASK, NO_MASK)
 

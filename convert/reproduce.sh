@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the default model and every number in agent/default_model/MODEL_CARD.md.
+# Reproduce the default model and every number in agent/vision/default_model/MODEL_CARD.md.
 # Needs the [convert] extra and ../shared (or SHARED=...). About 1 hour on 2 CPU cores.
 #   bash convert/reproduce.sh            # all candidates, then export + evaluate + bench
 #   ONLY=a0.35_s128_ft_2c_small85 bash convert/reproduce.sh   # one configuration
-#   SHIP=1 ...   also copies the DEFAULT run's bundle into agent/default_model/
+#   SHIP=1 ...   also copies the DEFAULT run's bundle into agent/vision/default_model/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -51,8 +51,8 @@ $PY -m maskwatch.convert.summary runs/*/ | tee bench/model_table.md
 if [ "${SHIP:-0}" = 1 ]; then
   $PY -m maskwatch.convert anchors "runs/$DEFAULT/bundle" "${TRAIN[@]}" --detector-model "$YUNET"
   cp "runs/$DEFAULT/bundle/classifier.tflite" "runs/$DEFAULT/bundle/model.json" \
-     "runs/$DEFAULT/bundle/anchors.npz" agent/default_model/
-  echo "shipped runs/$DEFAULT as agent/default_model"
+     "runs/$DEFAULT/bundle/anchors.npz" agent/vision/default_model/
+  echo "shipped runs/$DEFAULT as agent/vision/default_model"
 else
   echo "ship it with: SHIP=1 ONLY=$DEFAULT bash convert/reproduce.sh"
 fi

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from maskwatch.agent.bench import machine, peak_rss_mb, write_json
+from maskwatch.agent.bench.measure import machine, peak_rss_mb, write_json
 
 THREADS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
@@ -26,7 +26,7 @@ THREADS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THR
 def frames(video: str, size: tuple[int, int], count: int):
     import cv2
 
-    from maskwatch.agent.camera import FileSource
+    from maskwatch.agent.vision.camera import FileSource
 
     source, out = FileSource(video), []
     while len(out) < count and (frame := source.read()) is not None:
@@ -40,8 +40,8 @@ def run_seed(video: str, size: tuple[int, int], count: int, weights: str) -> dic
     import numpy as np
     import tensorflow as tf
 
-    from maskwatch.agent.detect import HaarDetector
-    from maskwatch.agent.preprocess import CropSpec, face_input
+    from maskwatch.agent.vision.detect import HaarDetector
+    from maskwatch.agent.vision.preprocess import CropSpec, face_input
 
     started = time.time()
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -69,9 +69,9 @@ def run_seed(video: str, size: tuple[int, int], count: int, weights: str) -> dic
 def run_agent(video: str, size: tuple[int, int], count: int) -> dict:
     import cv2
 
-    from maskwatch.agent.camera import Frame
     from maskwatch.agent.config import load
     from maskwatch.agent.factory import pipeline_from
+    from maskwatch.agent.vision.camera import Frame
 
     started = time.time()
     cv2.setNumThreads(1)

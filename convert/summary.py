@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from maskwatch.agent.decision import NO_MASK
+from maskwatch.agent.vision.decision import NO_MASK
 
 
 def _load(path: Path) -> dict | None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.decision import NO_MASK, decide_all
-from maskwatch.agent.preprocess import CropSpec, face_input
+from maskwatch.agent.vision.decision import NO_MASK, decide_all
+from maskwatch.agent.vision.preprocess import CropSpec, face_input
 
 from .augment import augmented_input
 from .dataset import Sample, scan, stratified_split

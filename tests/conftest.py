@@ -113,7 +113,7 @@ def dev_set(shared) -> Path:
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory, shared) -> Path:
     """A state folder with the detector models copied in, as `models fetch --from` does."""
-    from maskwatch.agent.models import DETECTOR_FILES, fetch
+    from maskwatch.agent.vision.models import DETECTOR_FILES, fetch
 
     state = tmp_path_factory.mktemp("state")
     fetch(state / "models", source_dir=need(shared / "models", "detector models"),

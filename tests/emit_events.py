@@ -12,8 +12,9 @@ import time
 import uuid
 
 from maskwatch.agent.config import load, mqtt_password
-from maskwatch.agent.outbox import ResilientOutbox
-from maskwatch.agent.publish import Publisher
+from maskwatch.agent.delivery.outbox import ResilientOutbox
+from maskwatch.agent.delivery.publish import Publisher
+from maskwatch.agent.factory import topics_from
 
 
 def main() -> None:
@@ -28,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load(None, [f"mqtt.port={args.port}", "mqtt.host=127.0.0.1", "device_id=emitter",
                       "mqtt.reconnect_min_s=0.2", "mqtt.reconnect_max_s=1"])
-    publisher = Publisher(cfg, ResilientOutbox(args.outbox), mqtt_password(cfg))
+    publisher = Publisher(cfg.mqtt, topics_from(cfg), ResilientOutbox(args.outbox),
+                          mqtt_password(cfg.mqtt))
     publisher.start()
     for n in range(args.start, args.start + args.count):
         event = json.dumps({"id": str(uuid.uuid4()), "n": n}).encode()

@@ -13,19 +13,19 @@ import time
 import numpy as np
 import pytest
 
-from maskwatch.agent.adapt import (
+from maskwatch.agent.config import load
+from maskwatch.agent.errors import ModelError
+from maskwatch.agent.site.adapt import (
     FitOptions,
     balanced_accuracy,
     best_threshold,
     fit_head,
     fit_logistic,
 )
-from maskwatch.agent.classify import Classifier
-from maskwatch.agent.config import load
-from maskwatch.agent.errors import ModelError
-from maskwatch.agent.head import HEAD_FILE, Head, read_head, write_head
-from maskwatch.agent.samples import Collector, SampleStore
-from maskwatch.agent.site import adapt_site, revert
+from maskwatch.agent.site.doorway import adapt_site, revert
+from maskwatch.agent.site.samples import Collector, SampleStore
+from maskwatch.agent.vision.classify import Classifier
+from maskwatch.agent.vision.head import HEAD_FILE, Head, read_head, write_head
 
 from .conftest import agent_command
 
@@ -195,7 +195,7 @@ def test_head_file_is_picked_up_by_a_running_classifier_and_reverted(tmp_path):
     write_head(tmp_path / HEAD_FILE, everything_no_mask)
     assert {p.label for p in classifier.predict_crops(crops)} == {"without_mask"}
     assert classifier.identity()["head"] == "site-test"
-    assert revert(cfg) and not (tmp_path / HEAD_FILE).exists()
+    assert revert(cfg.state_dir) and not (tmp_path / HEAD_FILE).exists()
     assert classifier.identity()["head"] == "bundle"
 
 
@@ -254,16 +254,16 @@ def test_adapt_without_labels_is_a_one_line_usage_error(tmp_path):
 
 
 def test_adapt_site_uses_collected_labels(shared, tmp_path):
-    from maskwatch.agent.detect import create_detector
-    from maskwatch.agent.models import bundled_model_path
-    from maskwatch.agent.site import label_folder_features
+    from maskwatch.agent.site.doorway import label_folder_features
+    from maskwatch.agent.vision.detect import create_detector
+    from maskwatch.agent.vision.models import bundled_model_path
 
     cfg = load(None, [f"state_dir={tmp_path}"])
     classifier = Classifier(head_file=tmp_path / HEAD_FILE)
     detector = create_detector(cfg.detect, bundled_model_path("yunet"))
     x, y = label_folder_features(site_folder(shared, tmp_path, 8), classifier, detector)
     assert x.shape == (16, 1280) and y.sum() == 8
-    report = adapt_site(cfg, classifier, x, y, write=False)
+    report = adapt_site(cfg.state_dir, classifier, x, y, write=False)
     assert report.after and not (tmp_path / HEAD_FILE).exists()  # dry run writes nothing
 
 
@@ -275,7 +275,7 @@ def test_bench_adapt_prints_the_curve_and_the_ceiling_of_all_labels(shared, tmp_
     labels = site_folder(shared, tmp_path, 30)
     out = tmp_path / "adapt.json"
     result = subprocess.run([sys.executable, "-m", "maskwatch.convert", "bench-adapt",
-                             "--site", f"jolignier=agent/default_model:{labels}",
+                             "--site", f"jolignier=agent/vision/default_model:{labels}",
                              "--repeats", "2", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

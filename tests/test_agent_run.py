@@ -7,7 +7,7 @@ import subprocess
 
 import jsonschema
 
-from maskwatch.agent.events import load_schema
+from maskwatch.agent.people.events import load_schema
 
 from .conftest import agent_command
 from .mqtt_helpers import Collector

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from maskwatch.agent.classify import DEFAULT_BUNDLE, Classifier, read_bundle
-from maskwatch.agent.decision import MASK, NO_MASK
 from maskwatch.agent.errors import ModelError
-from maskwatch.agent.voc import read_voc
+from maskwatch.agent.vision.classify import DEFAULT_BUNDLE, Classifier, read_bundle
+from maskwatch.agent.vision.decision import MASK, NO_MASK
+from maskwatch.agent.vision.voc import read_voc
 
 from .conftest import agent_command
 

@@ -127,12 +127,12 @@ def test_secrets_never_printed(tmp_path, monkeypatch):
 def test_password_from_env_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MW_PW", "from-env")
     cfg = config.load(None, ["mqtt.password_env=MW_PW"])
-    assert config.mqtt_password(cfg) == "from-env"
+    assert config.mqtt_password(cfg.mqtt) == "from-env"
     pw = tmp_path / "pw"
     pw.write_text("from-file\n")
     pw.chmod(0o600)
     cfg = config.load(None, [f"mqtt.password_file={pw}"])
-    assert config.mqtt_password(cfg) == "from-file"
+    assert config.mqtt_password(cfg.mqtt) == "from-file"
 
 
 def test_set_override_errors():

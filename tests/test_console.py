@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from maskwatch.agent.classify import Classifier
 from maskwatch.agent.config import load
-from maskwatch.agent.head import HEAD_FILE, Head, write_head
-from maskwatch.agent.predict import read_image_file
-from maskwatch.agent.preprocess import face_input, whole_image_box
 from maskwatch.agent.service import Agent
+from maskwatch.agent.vision.classify import Classifier
+from maskwatch.agent.vision.head import HEAD_FILE, Head, write_head
+from maskwatch.agent.vision.predict import read_image_file
+from maskwatch.agent.vision.preprocess import face_input, whole_image_box
 
 from .conftest import free_port, need_module, need_tool
 from .conftest import http_request as fetch

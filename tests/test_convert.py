@@ -68,7 +68,7 @@ def test_train_writes_a_complete_run_folder(trained):
 def test_export_int8_bundle_agrees_with_keras(trained, tmp_path):
     import keras
 
-    from maskwatch.agent.classify import Classifier
+    from maskwatch.agent.vision.classify import Classifier
 
     bundle = tmp_path / "bundle"
     result = convert("export", str(trained), "--out", str(bundle), "--calibration", "40",
@@ -104,7 +104,7 @@ def test_evaluate_keras_and_bundle_on_scenes_and_folders(trained, tiny_data, dev
     data = json.loads(out.read_text())["datasets"][0]
     assert data["all"]["n"] == 36 and "balanced_accuracy" in data["all"]
     assert (tmp_path / "plots" / "confusion_tiny.png").is_file()
-    result = convert("evaluate", str(ROOT / "agent" / "default_model"), str(dev_set),
+    result = convert("evaluate", str(ROOT / "agent" / "vision" / "default_model"), str(dev_set),
                      "--min-face", "32", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     scenes = json.loads(out.read_text())["datasets"][0]

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskwatch.agent.voc import read_voc
+from maskwatch.agent.vision.voc import read_voc
 from maskwatch.convert.dataset import scan, stratified_split
 from maskwatch.convert.errors import ConvertError
 

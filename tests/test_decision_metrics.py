@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskwatch.agent.decision import INCORRECT, MASK, NO_MASK, decide, decide_all
+from maskwatch.agent.vision.decision import INCORRECT, MASK, NO_MASK, decide, decide_all
 from maskwatch.convert.metrics import binary_view, classification_report
 
 LABELS = [MASK, NO_MASK, INCORRECT]

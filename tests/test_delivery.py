@@ -16,9 +16,10 @@ import time
 import pytest
 
 from maskwatch.agent.config import load
+from maskwatch.agent.delivery.outbox import Outbox, ResilientOutbox
+from maskwatch.agent.delivery.publish import Publisher
 from maskwatch.agent.errors import StateError
-from maskwatch.agent.outbox import Outbox, ResilientOutbox
-from maskwatch.agent.publish import Publisher
+from maskwatch.agent.factory import topics_from
 
 from .conftest import ROOT, agent_command
 from .mqtt_helpers import Collector
@@ -166,7 +167,8 @@ def test_outbox_disk_full_is_a_state_error(tmp_path):
 
 def test_outbox_full_while_broker_down_reports_drops(tmp_path):
     cfg = load(None, ["mqtt.port=1", "mqtt.host=127.0.0.1", "device_id=x"])
-    publisher = Publisher(cfg, ResilientOutbox(tmp_path / "o.sqlite3", max_events=10), None)
+    outbox = ResilientOutbox(tmp_path / "o.sqlite3", max_events=10)
+    publisher = Publisher(cfg.mqtt, topics_from(cfg), outbox, None)
     for i in range(25):
         publisher.queue(publisher.topics.events, json.dumps({"n": i}).encode())
     assert publisher.outbox.depth() == 10 and publisher.outbox.dropped() == 15

@@ -13,15 +13,15 @@ import cv2
 import pytest
 
 from maskwatch.agent.config import DetectConfig
-from maskwatch.agent.detect import (
+from maskwatch.agent.errors import ModelError
+from maskwatch.agent.people.track import iou
+from maskwatch.agent.vision.detect import (
     BlazeFaceDetector,
     _blazeface_anchors,
     create_detector,
     view_of,
 )
-from maskwatch.agent.errors import ModelError
-from maskwatch.agent.models import DETECTOR_FILES, OPTIONAL, FetchError, fetch
-from maskwatch.agent.track import iou
+from maskwatch.agent.vision.models import DETECTOR_FILES, OPTIONAL, FetchError, fetch
 
 from .conftest import agent_command
 
@@ -71,7 +71,7 @@ def test_regions_are_grown_to_a_few_input_shapes():
 def test_a_face_cut_by_a_regions_edge_is_not_a_face_there():
     import numpy as np
 
-    from maskwatch.agent.detect import Face
+    from maskwatch.agent.vision.detect import Face
 
     frame = np.zeros((480, 640, 3), np.uint8)
     view = view_of(frame, (0, 200, 320, 200), max_side=480)  # left edge = the frame's

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from maskwatch.agent.config import load
+from maskwatch.agent.delivery.outbox import ResilientOutbox
+from maskwatch.agent.delivery.publish import Publisher
 from maskwatch.agent.demo import DEMO_CLIP
-from maskwatch.agent.outbox import ResilientOutbox
-from maskwatch.agent.publish import Publisher
+from maskwatch.agent.factory import topics_from
 
 from .conftest import agent_command, free_port, missing
 from .mqtt_helpers import Collector
@@ -35,7 +36,7 @@ def publisher_for(port: int, outbox: ResilientOutbox, device: str = "faulty") ->
     cfg = load(None, [f"mqtt.port={port}", "mqtt.host=127.0.0.1", f"device_id={device}",
                       "mqtt.reconnect_min_s=0.2", "mqtt.reconnect_max_s=0.5",
                       "homeassistant.enabled=false"])
-    return Publisher(cfg, outbox, None)
+    return Publisher(cfg.mqtt, topics_from(cfg), outbox, None)
 
 
 def produce(publisher: Publisher, n: int, size: int = 200) -> list[str]:
@@ -280,7 +281,7 @@ def test_image_bomb_and_bad_annotate_folder_on_the_cli(tmp_path):
 
 EMFILE_PROBE = """
 import os, resource, sys
-from maskwatch.agent.camera import open_source
+from maskwatch.agent.vision.camera import open_source
 from maskwatch.agent.config import SourceConfig
 from maskwatch.agent.errors import SourceError
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from maskwatch.agent.camera import Frame
 from maskwatch.agent.config import load
 from maskwatch.agent.pipeline import FaceView
 from maskwatch.agent.service import Agent
+from maskwatch.agent.vision.camera import Frame
 
 from .conftest import free_port
 from .conftest import http_request as request

@@ -12,10 +12,10 @@ import urllib.request
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
-from maskwatch.agent.classify import read_bundle
 from maskwatch.agent.config import load
-from maskwatch.agent.discovery import discovery_messages, is_birth
-from maskwatch.agent.topics import Topics
+from maskwatch.agent.delivery.discovery import discovery_messages, is_birth
+from maskwatch.agent.factory import topics_from
+from maskwatch.agent.vision.classify import read_bundle
 
 from .conftest import agent_command, free_port
 from .mqtt_helpers import Collector
@@ -40,7 +40,7 @@ def check_discovery_payload(topic: str, payload: dict) -> None:
 
 def test_discovery_payloads_unit():
     cfg = load(None, ["device_id=front-door"])
-    messages = discovery_messages(cfg.homeassistant, "front-door", Topics.of(cfg),
+    messages = discovery_messages(cfg.homeassistant, "front-door", topics_from(cfg),
                                   ["with_mask", "without_mask", "mask_weared_incorrect"], "m")
     topics = [t for t, _ in messages]
     assert "homeassistant/binary_sensor/maskwatch_front-door/unmasked/config" in topics
@@ -149,7 +149,7 @@ def test_http_endpoint(running_agent, dev_set):
 
 @pytest.mark.faults
 def test_home_assistant_birth_storm_is_one_reannouncement():
-    from maskwatch.agent.discovery import Announcer
+    from maskwatch.agent.delivery.discovery import Announcer
 
     class Recorder:
         def __init__(self):
@@ -161,7 +161,7 @@ def test_home_assistant_birth_storm_is_one_reannouncement():
 
     cfg = load(None, ["device_id=storm"])
     recorder = Recorder()
-    announcer = Announcer(cfg.homeassistant, "storm", Topics.of(cfg), ["with_mask"], "m",
+    announcer = Announcer(cfg.homeassistant, "storm", topics_from(cfg), ["with_mask"], "m",
                           recorder)
     announcer.on_connect()  # the connect announcement
     for _ in range(52):

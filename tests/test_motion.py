@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskwatch.agent.bench import EmptyScene
-from maskwatch.agent.camera import Frame
+from maskwatch.agent.bench.measure import EmptyScene
 from maskwatch.agent.config import DetectConfig, TrackConfig
-from maskwatch.agent.detect import Face
-from maskwatch.agent.motion import MotionGate
+from maskwatch.agent.people.track import Tracker
 from maskwatch.agent.pipeline import Pipeline
-from maskwatch.agent.track import Tracker
+from maskwatch.agent.vision.camera import Frame
+from maskwatch.agent.vision.detect import Face
+from maskwatch.agent.vision.motion import MotionGate
 
 
 def test_noise_and_lighting_drift_are_not_motion():
@@ -42,7 +42,7 @@ class CountingDetector:
 
 
 def test_pipeline_skips_detection_on_an_empty_scene_but_checks_now_and_then():
-    from maskwatch.agent.classify import Classifier
+    from maskwatch.agent.vision.classify import Classifier
 
     detector = CountingDetector()
     pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()),
@@ -61,7 +61,7 @@ def test_tracked_people_keep_the_detector_running():
             self.runs += 1
             return [Face((100, 100, 40, 40), 0.9)]
 
-    from maskwatch.agent.classify import Classifier
+    from maskwatch.agent.vision.classify import Classifier
 
     detector = OneFace()
     pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
@@ -116,7 +116,7 @@ def test_only_what_moved_and_where_people_are_is_searched():
             self.calls.append((self.x, region))
             return [Face((self.x, 200, 40, 40), 0.9)]
 
-    from maskwatch.agent.classify import Classifier
+    from maskwatch.agent.vision.classify import Classifier
 
     detector = Walker()
     pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
@@ -156,7 +156,7 @@ class RegionRecorder(CountingDetector):
 
 def test_people_apart_are_searched_apart():
     """Two people at opposite corners: two small regions, not the box around both."""
-    from maskwatch.agent.classify import Classifier
+    from maskwatch.agent.vision.classify import Classifier
 
     detector = RegionRecorder()
     pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,
@@ -176,7 +176,7 @@ def test_people_apart_are_searched_apart():
 
 
 def test_regions_stay_inside_the_roi_in_its_own_pixels():
-    from maskwatch.agent.classify import Classifier
+    from maskwatch.agent.vision.classify import Classifier
 
     detector = RegionRecorder()
     pipeline = Pipeline(detector, Classifier(), Tracker(TrackConfig()), detect_fps=10.0,

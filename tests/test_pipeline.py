@@ -8,12 +8,12 @@ import types
 
 import numpy as np
 
-from maskwatch.agent.camera import FileSource, PiCameraSource, open_source
-from maskwatch.agent.classify import Classifier
 from maskwatch.agent.config import SourceConfig, TrackConfig
-from maskwatch.agent.detect import Face
+from maskwatch.agent.people.track import Tracker
 from maskwatch.agent.pipeline import Pipeline, roi_pixels
-from maskwatch.agent.track import Tracker
+from maskwatch.agent.vision.camera import FileSource, PiCameraSource, open_source
+from maskwatch.agent.vision.classify import Classifier
+from maskwatch.agent.vision.detect import Face
 
 
 class ScriptedDetector:

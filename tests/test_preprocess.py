@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from maskwatch.agent.classify import Classifier
-from maskwatch.agent.preprocess import CropSpec, face_input, resize_square, square_region
+from maskwatch.agent.vision.classify import Classifier
+from maskwatch.agent.vision.preprocess import CropSpec, face_input, resize_square, square_region
 
 
 def test_square_region_is_centred_and_scaled():

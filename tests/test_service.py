@@ -96,7 +96,7 @@ def test_long_run_memory_is_flat(state_dir, street_video, tmp_path):
     script = f"""
 import resource, json
 from maskwatch.agent import config
-from maskwatch.agent.camera import FileSource
+from maskwatch.agent.vision.camera import FileSource
 from maskwatch.agent.factory import pipeline_from
 cfg = config.load(None, ["state_dir={state_dir}"])
 pipeline = pipeline_from(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from maskwatch.agent.config import TrackConfig
-from maskwatch.agent.track import RECHECK_EVERY, Tracker, iou
+from maskwatch.agent.people.track import RECHECK_EVERY, Tracker, iou
 
 
 def walk(tracker, steps, label_at, start=0.0, dt=0.1, y=50):
@@ -177,7 +177,7 @@ def test_counting_does_not_depend_on_the_detection_rate():
 
 def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
     """The real pipeline on `bench-track`'s sequences (real faces, known identities)."""
-    from maskwatch.agent.benchtrack import background, face_crops, run_sequence, scenarios
+    from maskwatch.agent.bench.tracking import background, face_crops, run_sequence, scenarios
     from maskwatch.agent.config import load
     from maskwatch.agent.factory import detector_from
 

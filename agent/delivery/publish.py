@@ -1,0 +1,263 @@
+"""MQTT publishing (paho-mqtt 2, callback API v2) from the durable outbox.
+
+What goes how (topic names: topics.py):
+- queued through the outbox (at least once, in order, survives outages and restarts):
+  person `events` and `unmasked` alerts: anything an automation acts on;
+- retained state, re-sent on every connect: `status` (also the last will, `offline`),
+  `counts`, Home Assistant discovery;
+- best effort, QoS 0, replaced by the next one: `stats`.
+A pump thread hands outbox messages to paho in seq order with a bounded number in flight
+and deletes each one on its PUBACK. After every (re)connect it starts again from the
+oldest unacknowledged message: a redelivered duplicate keeps its event id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+from .config import MqttConfig, TlsConfig
+from .mqtt_client import make_client
+from .outbox import ResilientOutbox
+from .topics import Topics
+
+log = logging.getLogger("maskwatch.publish")
+
+IN_FLIGHT = 20
+AUTH_FAILURES = {"Bad user name or password", "Not authorized"}
+
+
+def diagnose_connect(host: str, port: int, tls: TlsConfig | None, timeout: float = 5.0) -> str:
+    """Why a connection fails, in one line (paho only says that it failed)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if tls is None:
+                return "connection closed by the broker"
+            context = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
+            if tls.insecure:
+                context.check_hostname = False
+            with context.wrap_socket(sock, server_hostname=host):
+                return "TLS handshake succeeded; the broker closed the connection"
+    except ssl.SSLError as exc:
+        return f"TLS error: {exc.reason or exc} ({exc.verify_message or 'handshake failed'})" \
+            if isinstance(exc, ssl.SSLCertVerificationError) else f"TLS error: {exc}"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+class Publisher:
+    def __init__(self, settings: MqttConfig, topics: Topics, outbox: ResilientOutbox,
+                 password: str | None) -> None:
+        self.topics = topics
+        self.outbox = outbox
+        self.host, self.port, self.keepalive = settings.host, settings.port, settings.keepalive
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self.published = 0
+        self.ever_connected = False
+        self.on_connected: list[Callable[[], None]] = []
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self._status = "online"
+        self._cond = threading.Condition()
+        self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # (paho info, seq)
+        self._last_sent = 0
+        self._stopping = False
+        self._tls = settings.tls if settings.tls.enabled else None
+        self._client = self._make_client(settings, password)
+        self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
+
+    def _make_client(self, m: MqttConfig, password: str | None) -> mqtt.Client:
+        assert m.client_id, "config.load() resolves the client id"
+        client = make_client(m, m.client_id, password, persistent_session=True)
+        client.will_set(self.topics.status, "offline", qos=1, retain=True)
+        # paho computes its backoff in float seconds: sub-second delays are kept as given
+        client.reconnect_delay_set(min_delay=m.reconnect_min_s,  # type: ignore[arg-type]
+                                   max_delay=m.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(IN_FLIGHT)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._client.connect_async(self.host, self.port, self.keepalive)
+        self._client.loop_start()
+        self._pump.start()
+
+    def stop(self, drain_timeout_s: float = 5.0) -> int:
+        """Drain what the broker will take in time, publish `offline`, disconnect.
+
+        Returns the number of events left in the outbox for the next start.
+        """
+        deadline = time.monotonic() + drain_timeout_s
+        while time.monotonic() < deadline and self.outbox.depth():
+            self.wake()  # waits for a reconnect too: the broker may be back any moment
+            time.sleep(0.05)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._pump.join(timeout=2.0)
+        if self.connected.is_set():
+            info = self._client.publish(self.topics.status, "offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
+        self._client.disconnect()
+        self._client.loop_stop()
+        return self.outbox.depth()
+
+    def is_connected(self) -> bool:
+        return self.connected.is_set()
+
+    # --- publishing ------------------------------------------------------------------
+    def queue(self, topic: str, payload: bytes | str, qos: int = 1) -> int:
+        """Queue a message through the outbox (at least once, in order, kept over outages)."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        seq = self.outbox.put(topic, data, qos=qos)
+        self.wake()
+        return seq
+
+    def set_status(self, status: str) -> None:
+        """Retained device status; re-sent on every connect."""
+        if status == self._status:
+            return
+        self._status = status
+        if self.connected.is_set():
+            self._client.publish(self.topics.status, status, qos=1, retain=True)
+
+    def publish_now(self, topic: str, payload: bytes | str, qos: int = 0,
+                    retain: bool = False) -> bool:
+        """Best-effort publish of state (stats, discovery); skipped while disconnected."""
+        if not self.connected.is_set():
+            return False
+        return self._client.publish(topic, payload, qos=qos, retain=retain).rc == \
+            mqtt.MQTT_ERR_SUCCESS
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        self._handlers[topic] = handler
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _pump_loop(self) -> None:
+        while True:
+            self._sweep_acknowledged()
+            with self._cond:
+                self._cond.wait(timeout=0.5)
+                if self._stopping:
+                    return
+                if not self.connected.is_set():
+                    continue
+                room = IN_FLIGHT - len(self._inflight)
+                after = self._last_sent
+            if room <= 0:
+                continue
+            try:
+                batch = self.outbox.pending(after=after, limit=room)
+            except Exception as exc:  # sqlite trouble must not kill the pump thread
+                log.error("cannot read event outbox: %s", exc)
+                continue
+            for message in batch:
+                # never hold our lock inside paho: its network thread holds paho's own
+                # lock while it calls _on_publish, which takes ours
+                if not self.connected.is_set() or self._stopping:
+                    break
+                info = self._client.publish(message.topic, message.payload,
+                                            qos=message.qos, retain=message.retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+                with self._cond:
+                    self._inflight.append((info, message.seq))
+                    self._last_sent = message.seq
+            self._sweep_acknowledged()
+
+    def _sweep_acknowledged(self) -> None:
+        """Delete from the outbox what the broker has acknowledged (PUBACK)."""
+        with self._cond:
+            done, waiting = [], []
+            for info, seq in self._inflight:
+                try:
+                    if info.is_published():
+                        done.append(seq)
+                    else:
+                        waiting.append((info, seq))
+                except (RuntimeError, ValueError):
+                    pass  # lost with the connection: resent from the outbox on reconnect
+            self._inflight = waiting
+        for seq in done:
+            self._acked(seq)
+
+    def _acked(self, seq: int) -> None:
+        try:
+            self.outbox.ack(seq)
+            self.published += 1
+        except Exception as exc:
+            log.error("cannot remove acknowledged event from the outbox: %s", exc)
+
+    # --- paho callbacks (network thread) ---------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused connection: {reason_code}"
+            if str(reason_code) in AUTH_FAILURES:
+                log.error("MQTT broker %s:%s refused the credentials (%s); retrying with "
+                          "backoff", self.host, self.port, reason_code)
+            else:
+                log.error("MQTT broker %s:%s refused the connection: %s", self.host,
+                          self.port, reason_code)
+            return
+        self.last_error = None
+        self.ever_connected = True
+        log.info("connected to MQTT broker %s:%s", self.host, self.port)
+        client.publish(self.topics.status, self._status, qos=1, retain=True)
+        for topic in self._handlers:
+            client.subscribe(topic, qos=1)
+        with self._cond:
+            self._inflight.clear()
+            self._last_sent = 0  # resend everything not yet acknowledged, oldest first
+            self.connected.set()
+            self._cond.notify_all()
+        for callback in self.on_connected:
+            try:
+                callback()
+            except Exception:  # a bad announcement must not stop event delivery
+                log.exception("on-connect callback failed")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        reason = diagnose_connect(self.host, self.port, self._tls)
+        self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}: {reason}"
+        log.warning("%s; retrying with backoff", self.last_error)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected and not self._stopping:
+            self.last_error = f"disconnected from MQTT broker: {reason_code}"
+            log.warning("%s; events are kept in the outbox", self.last_error)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self.wake()  # the pump thread sweeps acknowledged messages
+
+    def _on_message(self, client, userdata, message) -> None:
+        handler = self._handlers.get(message.topic)
+        if handler is None:
+            log.warning("ignoring message on unexpected topic %s", message.topic)
+            return
+        try:
+            handler(message.payload)
+        except Exception as exc:
+            log.warning("ignoring bad message on %s: %s", message.topic, exc)

@@ -1,0 +1,96 @@
+"""`mask-agent watch`: subscribe to the events of every device and print a live tally.
+
+A small, strict subscriber: payloads that are not valid events (bad JSON, wrong schema,
+oversized) are skipped with a log line, never crash the watcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import sys
+import time
+from collections import Counter, defaultdict
+
+import paho.mqtt.client as mqtt
+
+from ..errors import BrokerError
+from .config import MqttConfig, mqtt_password
+from .mqtt_client import make_client
+from .topics import all_devices
+
+log = logging.getLogger("maskwatch.watch")
+MAX_PAYLOAD = 64 * 1024
+EVENT_KEYS = {"id", "type", "device_id", "track_id", "label"}
+
+
+def parse_event(payload: bytes) -> dict:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes is too large")
+    event = json.loads(payload)
+    if not isinstance(event, dict) or not EVENT_KEYS.issubset(event):
+        raise ValueError("not a maskwatch event")
+    return event
+
+
+def connect(m: MqttConfig, on_message) -> mqtt.Client:
+    client = make_client(m, f"{m.client_id}-watch", mqtt_password(m), persistent_session=False)
+    client.on_connect = lambda c, *a: (
+        c.subscribe(all_devices(m.topic_prefix, "events"), qos=1),
+        c.subscribe(all_devices(m.topic_prefix, "status"), qos=1))
+    client.on_message = on_message
+    try:
+        client.connect(m.host, m.port, m.keepalive)
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"cannot connect to MQTT broker {m.host}:{m.port}: {exc}") from None
+    return client
+
+
+def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: bool = False) -> int:
+    inbox: queue.Queue = queue.Queue()
+    client = connect(settings, lambda c, u, msg: inbox.put((msg.topic, msg.payload)))
+    client.loop_start()
+    tally: dict[str, Counter] = defaultdict(Counter)
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout if timeout else None
+    shown = 0
+    try:
+        while not count or shown < count:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                break
+            try:
+                topic, payload = inbox.get(timeout=wait if wait is not None else 1.0)
+            except queue.Empty:
+                continue
+            if topic.endswith("/status"):
+                if not as_json:
+                    print(f"{topic.split('/')[-2]}: {payload.decode(errors='replace')}")
+                continue
+            try:
+                event = parse_event(payload)
+            except ValueError as exc:
+                log.warning("skipping message on %s: %s", topic, exc)
+                print(f"skipping message on {topic}: {exc}", file=sys.stderr)
+                continue
+            if event["id"] in seen:  # at-least-once delivery: drop duplicates by id
+                continue
+            seen.add(event["id"])
+            shown += 1
+            if event["type"] == "new":
+                tally[event["device_id"]][event["label"]] += 1
+            if as_json:
+                print(json.dumps(event), flush=True)
+            else:
+                counts = ", ".join(f"{k}={v}" for k, v in sorted(tally[event["device_id"]].items()))
+                print(f"{event.get('ts', '')} {event['device_id']} #{event['track_id']} "
+                      f"{event['type']:<6} {event['label']} ({event.get('confidence', 0):.2f})"
+                      f"  | {counts}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return 0

@@ -1,0 +1,230 @@
+"""Site samples: face crops kept (opt-in) for labelling and site adaptation.
+
+PRIVACY: a sample is a picture of a face. Samples are kept only when `adapt.collect` is
+on, only in `<state_dir>/samples/` (crops as JPEG files, an SQLite index with their
+features, predicted label, confidence and time), bounded by `adapt.max_samples` and
+`adapt.max_mb`, and deleted after `adapt.retention_days`. They never go to MQTT.
+`mask-agent samples clear` erases them all.
+
+What is kept teaches the site head something (`Collector`): faces near the no-mask
+threshold, faces of people whose votes were split, and a thin random sample of confident
+ones, at most one per person every `adapt.min_interval_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import random
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import StateError, UsageError
+from ..vision.decision import MASK, NO_MASK
+
+SKIP = "skip"
+HUMAN_LABELS = (MASK, NO_MASK, SKIP)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    track_id INTEGER NOT NULL,
+    predicted TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    p_no_mask REAL NOT NULL,
+    reason TEXT NOT NULL,
+    features BLOB NOT NULL,
+    bytes INTEGER NOT NULL,
+    label TEXT
+)"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: int
+    ts: float
+    track_id: int
+    predicted: str
+    confidence: float
+    p_no_mask: float
+    reason: str
+    label: str | None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "ts": round(self.ts, 3), "track_id": self.track_id,
+                "predicted": self.predicted, "confidence": round(self.confidence, 4),
+                "p_no_mask": round(self.p_no_mask, 4), "reason": self.reason,
+                "label": self.label}
+
+
+class SampleStore:
+    """Crops on disk + an SQLite index; safe to use from the agent and the console threads."""
+
+    def __init__(self, folder: str | Path, max_samples: int = 2000, max_bytes: int = 50 << 20,
+                 retention_days: float = 30.0) -> None:
+        self.folder = Path(folder)
+        self.crops = self.folder / "crops"
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.retention_s = retention_days * 86400
+        self._lock = threading.Lock()
+        try:
+            self.crops.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.folder / "samples.sqlite3"),
+                                       check_same_thread=False, timeout=5)
+            self._db.execute(SCHEMA)
+            self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open the sample store in {self.folder}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:
+            yield self._db
+
+    def crop_path(self, sample_id: int) -> Path:
+        return self.crops / f"{int(sample_id)}.jpg"
+
+    def add(self, crop_rgb: np.ndarray, features: np.ndarray, predicted: str,
+            confidence: float, p_no_mask: float, track_id: int, reason: str,
+            ts: float | None = None) -> int:
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise ValueError("crop could not be encoded")
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO samples (ts, track_id, predicted, confidence, p_no_mask, reason,"
+                " features, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time() if ts is None else ts, track_id, predicted, confidence,
+                 p_no_mask, reason, features.astype(np.float16).tobytes(), len(jpeg)))
+            sample_id = int(cursor.lastrowid)
+            self.crop_path(sample_id).write_bytes(jpeg.tobytes())
+        self.prune()
+        return sample_id
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop samples past retention, then the oldest unlabelled (then oldest labelled)
+        ones until count and bytes fit. Returns how many went."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            doomed = [r[0] for r in db.execute("SELECT id FROM samples WHERE ts < ?",
+                                               (now - self.retention_s,))]
+            rows = db.execute("SELECT id, bytes FROM samples WHERE ts >= ? ORDER BY "
+                              "label IS NOT NULL, ts", (now - self.retention_s,)).fetchall()
+            count, total = len(rows), sum(r[1] for r in rows)
+            for sample_id, size in rows:
+                if count <= self.max_samples and total <= self.max_bytes:
+                    break
+                doomed.append(sample_id)
+                count, total = count - 1, total - size
+            self._delete(db, doomed)
+        return len(doomed)
+
+    def _delete(self, db: sqlite3.Connection, ids: list[int]) -> None:
+        for sample_id in ids:
+            db.execute("DELETE FROM samples WHERE id = ?", (sample_id,))
+            self.crop_path(sample_id).unlink(missing_ok=True)
+
+    def list(self, labelled: bool | None = None, limit: int = 10_000) -> list[Sample]:
+        where = {None: "", True: "WHERE label IS NOT NULL", False: "WHERE label IS NULL"}
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, ts, track_id, predicted, confidence, p_no_mask, reason, label "
+                f"FROM samples {where[labelled]} ORDER BY ts DESC LIMIT ?", (limit,)).fetchall()
+        return [Sample(*row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._tx() as db:
+            rows = db.execute("SELECT COALESCE(label, 'unlabelled'), COUNT(*) FROM samples "
+                              "GROUP BY 1").fetchall()
+        found = dict(rows)
+        return {k: int(found.get(k, 0)) for k in (*HUMAN_LABELS, "unlabelled")}
+
+    def set_label(self, ids: list[int], label: str | None) -> int:
+        if label is not None and label not in HUMAN_LABELS:
+            raise UsageError(f"unknown label {label!r} (choose one of {', '.join(HUMAN_LABELS)})")
+        with self._tx() as db:
+            changed = sum(db.execute("UPDATE samples SET label = ? WHERE id = ?",
+                                     (label, int(i))).rowcount for i in ids)
+        return changed
+
+    def labelled_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """(features (N, F), labels (N,) 1 = without_mask) of the mask/no-mask labels."""
+        with self._tx() as db:
+            rows = db.execute("SELECT features, label FROM samples WHERE label IN (?, ?)",
+                              (MASK, NO_MASK)).fetchall()
+        if not rows:
+            return np.zeros((0, 0), np.float32), np.zeros(0, int)
+        x = np.stack([np.frombuffer(f, np.float16) for f, _ in rows]).astype(np.float32)
+        return x, np.array([label == NO_MASK for _, label in rows], int)
+
+    def export(self, out: Path) -> int:
+        """Class folders of labelled crops (`adapt --labels` reads them) + index.csv."""
+        samples = self.list()
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "index.csv", "w", newline="") as index:
+            writer = csv.writer(index)
+            writer.writerow(["id", "time", "track_id", "predicted", "confidence", "label"])
+            for s in samples:
+                folder = out / (s.label or "unlabelled")
+                folder.mkdir(exist_ok=True)
+                if self.crop_path(s.id).is_file():
+                    shutil.copyfile(self.crop_path(s.id), folder / f"{s.id}.jpg")
+                writer.writerow([s.id, s.ts, s.track_id, s.predicted, s.confidence, s.label])
+        return len(samples)
+
+    def clear(self) -> int:
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM samples")]
+            self._delete(db, ids)
+        return len(ids)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class Collector:
+    """Decides which classified faces are worth keeping, and keeps them."""
+
+    def __init__(self, store: SampleStore, min_interval_s: float = 3.0,
+                 near_margin: float = 0.2, random_share: float = 0.03,
+                 seed: int | None = None) -> None:
+        self.store = store
+        self.min_interval_s, self.near_margin = min_interval_s, near_margin
+        self.random_share = random_share
+        self._last_kept: dict[int, float] = {}  # track id -> time of its last sample
+        self._random = random.Random(seed)
+
+    def reason(self, p_no_mask: float, threshold: float, tally: dict[str, int]) -> str | None:
+        if abs(p_no_mask - threshold) < self.near_margin:
+            return "near_threshold"
+        if len(tally) > 1 and min(tally.values()) / sum(tally.values()) >= 0.25:
+            return "split_votes"
+        if self._random.random() < self.random_share:
+            return "random"
+        return None
+
+    def offer(self, track_id: int, tally: dict[str, int], crop_rgb: np.ndarray,
+              features: np.ndarray, predicted: str, confidence: float, p_no_mask: float,
+              threshold: float, ts: float) -> int | None:
+        """Keep this face when it teaches something and its person has not just given one."""
+        if not features.size or ts - self._last_kept.get(track_id, -1e18) < self.min_interval_s:
+            return None
+        reason = self.reason(p_no_mask, threshold, tally)
+        if reason is None:
+            return None
+        self._last_kept[track_id] = ts
+        if len(self._last_kept) > 1000:  # forget people long gone
+            for key in sorted(self._last_kept, key=self._last_kept.get)[:500]:
+                del self._last_kept[key]
+        return self.store.add(crop_rgb, features, predicted, confidence, p_no_mask, track_id,
+                              reason)

@@ -1,0 +1,283 @@
+"""Face detectors behind one small interface: `detector.detect(frame_bgr, region) -> [Face]`.
+
+`region` (optional) is the part of the frame worth looking at (where something moved, where
+people are tracked). It is cut out at the whole frame's detection scale, so a face is seen
+at the same resolution wherever it is and the cost follows the area searched.
+
+- `yunet`: OpenCV's YuNet (cv2.FaceDetectorYN), the default. It finds masked faces
+  (the hard case); at a 480 px long side it finds small ones too.
+- `blazeface`: MediaPipe BlazeFace short/full range (TFLite); anchors decoded here.
+- `haar`: OpenCV's frontal-face Haar cascade, the user's baseline (embedded in OpenCV,
+  no file needed); it misses most masked faces.
+`mask-agent bench-detect` measures all three on a Pascal VOC scene set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from ..errors import ModelError
+from .config import DetectConfig
+from .preprocess import Box
+from .tflite import load_interpreter
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face: box in frame pixels and the detector's confidence."""
+
+    box: Box
+    score: float
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]: ...
+
+
+SNAP = 32  # detector input sides are multiples of this: few distinct input shapes
+EDGE = 2  # detector pixels: a face this close to a cut edge of a region is cut too
+
+
+@dataclass(frozen=True)
+class View:
+    """What a detector looks at: part of a frame, scaled; maps its boxes back."""
+
+    image: np.ndarray
+    factor: float  # detector pixels per frame pixel
+    x0: int  # the part's corners in the frame, and the frame's size
+    y0: int
+    x1: int
+    y1: int
+    frame_w: int
+    frame_h: int
+
+    def to_frame(self, x: float, y: float, w: float, h: float) -> Box:
+        f = self.factor
+        return (int(round(x / f + self.x0)), int(round(y / f + self.y0)),
+                int(round(w / f)), int(round(h / f)))
+
+    def whole(self, faces: list[Face]) -> list[Face]:
+        """The faces not cut by an edge of the part that is not the frame's edge: such a
+        face lies in another region too (or is found whole at the next full look), and its
+        cut half would pass for a second, smaller face."""
+        margin = EDGE / self.factor
+        inner = (self.x0 > 0, self.y0 > 0, self.x1 < self.frame_w, self.y1 < self.frame_h)
+        if not any(inner):
+            return faces
+        return [f for f in faces if not (
+            (inner[0] and f.box[0] <= self.x0 + margin)
+            or (inner[1] and f.box[1] <= self.y0 + margin)
+            or (inner[2] and f.box[0] + f.box[2] >= self.x1 - margin)
+            or (inner[3] and f.box[1] + f.box[3] >= self.y1 - margin))]
+
+
+def _grow(start: int, size: int, factor: float, limit: int) -> tuple[int, int]:
+    """One axis of a region, [start, start + size), grown about its centre until its
+    scaled length is a multiple of SNAP (at least 2 SNAP), and kept inside [0, limit)."""
+    start, end = max(0, start), min(limit, start + size)
+    scaled = max(2, math.ceil((end - start) * factor / SNAP)) * SNAP
+    grown = min(limit, math.ceil(scaled / factor))
+    begin = max(0, min((start + end - grown) // 2, limit - grown))
+    return begin, begin + grown
+
+
+def view_of(frame: np.ndarray, region: Box | None, max_side: int) -> View:
+    """The part of `frame` to search (all of it when region is None), scaled as the whole
+    frame is for detection (its long side to max_side)."""
+    h, w = frame.shape[:2]
+    factor = min(1.0, max_side / float(max(h, w))) if max_side > 0 else 1.0
+    x0, y0, x1, y1 = 0, 0, w, h
+    if region is not None:
+        (x0, x1), (y0, y1) = (_grow(region[0], region[2], factor, w),
+                              _grow(region[1], region[3], factor, h))
+    part = frame[y0:y1, x0:x1]
+    if factor < 1.0:
+        size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
+        part = cv2.resize(part, size, interpolation=cv2.INTER_AREA)
+    return View(part, factor, x0, y0, x1, y1, w, h)
+
+
+def _keep(faces: list[Face], min_face: int) -> list[Face]:
+    return [f for f in faces if min(f.box[2], f.box[3]) >= min_face]
+
+
+class HaarDetector:
+    """OpenCV Haar cascade (frontalface_default), the baseline."""
+
+    name = "haar"
+
+    def __init__(self, max_side: int, min_face: int, scale_factor: float = 1.1,
+                 min_neighbors: int = 5) -> None:
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise ModelError(f"cannot load Haar cascade {path}")
+        self.max_side, self.min_face = max_side, min_face
+        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
+        view = view_of(frame_bgr, region, self.max_side)
+        gray = cv2.cvtColor(view.image, cv2.COLOR_BGR2GRAY)
+        min_size = max(8, int(self.min_face * view.factor))
+        found = self._cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(min_size, min_size))
+        return _keep(view.whole([Face(view.to_frame(*b), 1.0) for b in found]), self.min_face)
+
+
+class YuNetDetector:
+    """OpenCV YuNet (2023mar ONNX) through cv2.FaceDetectorYN."""
+
+    name = "yunet"
+
+    def __init__(self, model_path: str | Path, max_side: int, min_face: int,
+                 score_threshold: float, nms_threshold: float = 0.3) -> None:
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ModelError(f"YuNet model not found: {model_path}")
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
+        except cv2.error as exc:
+            raise ModelError(f"cannot load YuNet model {model_path}: {exc.msg.strip()}") from None
+        self.max_side, self.min_face = max_side, min_face
+        self._input_size: tuple[int, int] | None = None
+
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
+        view = view_of(frame_bgr, region, self.max_side)
+        size = (view.image.shape[1], view.image.shape[0])
+        if size != self._input_size:
+            self._net.setInputSize(size)
+            self._input_size = size
+        _, found = self._net.detect(view.image)
+        faces = [Face(view.to_frame(*row[:4]), float(row[-1]))
+                 for row in (found if found is not None else [])]
+        return _keep(view.whole(faces), self.min_face)
+
+
+def _blazeface_anchors(input_size: int) -> np.ndarray:
+    """Anchor centres (N x 2, normalised) as MediaPipe's SsdAnchorsCalculator makes them.
+
+    Short range (128 px): strides 8, 16, 16, 16 -> 16x16x2 + 8x8x6 = 896 anchors.
+    Full range (192 px): one stride-4 layer -> 48x48x1 = 2304 anchors.
+    Anchors share a fixed size of 1, so only centres matter.
+    """
+    strides = [8, 16, 16, 16] if input_size == 128 else [4]
+    centres: list[tuple[float, float]] = []
+    layer = 0
+    while layer < len(strides):
+        stride, repeats = strides[layer], 0
+        while layer < len(strides) and strides[layer] == stride:
+            repeats += 2 if input_size == 128 else 1
+            layer += 1
+        cells = int(np.ceil(input_size / stride))
+        for yy in range(cells):
+            for xx in range(cells):
+                centres.extend([((xx + 0.5) / cells, (yy + 0.5) / cells)] * repeats)
+    return np.asarray(centres, dtype=np.float32)
+
+
+class BlazeFaceDetector:
+    """MediaPipe BlazeFace (short or full range TFLite), letterboxed to its square input."""
+
+    name = "blazeface"
+
+    def __init__(self, model_path: str | Path, min_face: int, score_threshold: float,
+                 nms_threshold: float = 0.3, num_threads: int = 1) -> None:
+        self._interpreter = load_interpreter(model_path, num_threads)
+        inp = self._interpreter.get_input_details()[0]
+        self.input_size = int(inp["shape"][1])
+        self._input_index = inp["index"]
+        outputs = sorted(self._interpreter.get_output_details(), key=lambda d: d["shape"][-1])
+        self._scores_index, self._boxes_index = outputs[0]["index"], outputs[-1]["index"]
+        self._anchors = _blazeface_anchors(self.input_size)
+        if len(self._anchors) != int(outputs[-1]["shape"][1]):
+            raise ModelError(f"{model_path} is not a BlazeFace model (unexpected anchor count)")
+        self.min_face = min_face
+        self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+
+    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float, int, int]:
+        h, w = frame.shape[:2]
+        side = max(h, w)
+        pad_x, pad_y = (side - w) // 2, (side - h) // 2
+        square = cv2.copyMakeBorder(frame, pad_y, side - h - pad_y, pad_x, side - w - pad_x,
+                                    cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        image = cv2.resize(square, (self.input_size, self.input_size),
+                           interpolation=cv2.INTER_AREA)
+        return image, float(side), pad_x, pad_y
+
+    def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
+        """The region (if any) is letterboxed to the model's fixed input on its own."""
+        view = view_of(frame_bgr, region, max_side=0)
+        image, side, pad_x, pad_y = self._letterbox(view.image)
+        tensor = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
+        self._interpreter.set_tensor(self._input_index, tensor[None])
+        self._interpreter.invoke()
+        raw_scores = self._interpreter.get_tensor(self._scores_index)[0, :, 0]
+        raw_boxes = self._interpreter.get_tensor(self._boxes_index)[0]
+        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -50.0, 50.0)))
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        if keep.size == 0:
+            return []
+        reg = raw_boxes[keep, :4] / self.input_size
+        centres = self._anchors[keep] + reg[:, :2]
+        sizes = reg[:, 2:4]
+        boxes = np.concatenate([centres - sizes / 2, sizes], axis=1) * side
+        boxes[:, 0] += view.x0 - pad_x
+        boxes[:, 1] += view.y0 - pad_y
+        picked = cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(),
+                                  self.score_threshold, self.nms_threshold)
+        faces = [Face(tuple(int(round(v)) for v in boxes[i]), float(scores[keep][i]))
+                 for i in np.asarray(picked).reshape(-1)]
+        return _keep(view.whole(faces), self.min_face)
+
+
+DETECTORS = ("yunet", "blazeface", "haar")
+
+
+def create_detector(settings: DetectConfig, model_path: str | Path | None) -> Detector:
+    """The detector named in `settings` (detect.* of the config); model ignored for haar.
+
+    Haar runs on at least 640 px (it needs the resolution to find anything), BlazeFace
+    with a score threshold of at most 0.5 (its scores run lower than YuNet's).
+    """
+    name = settings.detector
+    if name == "haar":
+        return HaarDetector(max_side=max(settings.max_side, 640), min_face=settings.min_face)
+    if model_path is None:
+        raise ModelError(f"detector {name!r} needs a model file (run: mask-agent models fetch)")
+    if name == "yunet":
+        return YuNetDetector(model_path, max_side=settings.max_side, min_face=settings.min_face,
+                             score_threshold=settings.score_threshold)
+    if name == "blazeface":
+        return BlazeFaceDetector(model_path, min_face=settings.min_face,
+                                 score_threshold=min(settings.score_threshold, 0.5))
+    raise ModelError(f"unknown detector {name!r} (choose one of {', '.join(DETECTORS)})")
+
+
+# a photo of one person (training data, labelled site crops): its subject's face
+PAD_FRACTION = 0.35  # context added around a photo before detection, per side
+MIN_FACE_FRACTION = 0.08  # smaller detections are background faces, not the subject
+
+
+def find_subject_face(image: np.ndarray, detector: Detector) -> Box | None:
+    """Box of the photo's main face (largest confident detection), in image pixels."""
+    h, w = image.shape[:2]
+    pad = int(round(max(h, w) * PAD_FRACTION))
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
+                                value=(114, 114, 114))
+    faces = detector.detect(padded)
+    faces = [f for f in faces if max(f.box[2], f.box[3]) >= MIN_FACE_FRACTION * max(h, w)]
+    if not faces:
+        return None
+    best = max(faces, key=lambda f: f.box[2] * f.box[3] * f.score)
+    x, y, bw, bh = best.box
+    return x - pad, y - pad, bw, bh

@@ -1,0 +1,134 @@
+"""The site head: a logistic layer on the classifier's pooled features, fitted at this site.
+
+A site head replaces the bundle's final layer for the no-mask decision: P(without_mask) =
+sigmoid(w . features + b), `without_mask` at or above its own threshold. It is a small
+JSON file in the state dir (`site_head.json`), written atomically by `mask-agent adapt`,
+tied to the bundle it was fitted on (by sha256: another model's features mean something
+else), and picked up by a running agent without a restart. Applying it is one dot product
+per face in numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+
+HEAD_FORMAT = "maskwatch-site-head"
+HEAD_FILE = "site_head.json"
+BUNDLE_HEAD = "bundle"  # what events name when no site head is in use
+
+log = logging.getLogger("maskwatch.head")
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, clipped so that large logits cannot overflow exp()."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+@dataclass(frozen=True)
+class Head:
+    weights: np.ndarray  # (F,) float32
+    bias: float
+    threshold: float  # P(without_mask) at or above: without_mask
+    bundle_sha256: str
+    id: str = BUNDLE_HEAD
+    provenance: dict = field(default_factory=dict)
+
+    def no_mask_probability(self, features: np.ndarray) -> np.ndarray:
+        """P(without_mask) per row of (N, F) features."""
+        return sigmoid(features @ self.weights + self.bias)
+
+    def to_json(self) -> dict:
+        return {"format": HEAD_FORMAT, "id": self.id, "bundle_sha256": self.bundle_sha256,
+                "threshold": float(self.threshold), "bias": float(self.bias),
+                "weights": [round(float(v), 7) for v in self.weights],
+                "provenance": self.provenance}
+
+
+def head_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / HEAD_FILE
+
+
+def read_head(path: Path, bundle_sha256: str, feature_size: int) -> Head:
+    """The head in `path`; ModelError when it is unreadable or fitted on another model."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != HEAD_FORMAT:
+            raise ModelError(f"{path} is not a site head (format != {HEAD_FORMAT})")
+        weights = np.asarray(data["weights"], np.float32)
+        head = Head(weights, float(data["bias"]), float(data["threshold"]),
+                    str(data["bundle_sha256"]), str(data["id"]), dict(data.get("provenance", {})))
+    except OSError as exc:
+        raise ModelError(f"cannot read site head {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"site head {path} is not valid: {exc}") from None
+    if head.bundle_sha256 != bundle_sha256:
+        raise ModelError(f"site head {path} was fitted on another model "
+                         f"({head.bundle_sha256[:12]}…); run mask-agent adapt again")
+    if weights.shape != (feature_size,) or not np.all(np.isfinite(weights)):
+        raise ModelError(f"site head {path} has {weights.size} weights; the model has "
+                         f"{feature_size} features")
+    return head
+
+
+def write_head(path: Path, head: Head) -> None:
+    """Atomic: a reader sees the old head or the new one, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(head.to_json()) + "\n")
+    os.replace(tmp, path)
+
+
+class HeadFile:
+    """Watches the site head file: the classifier asks `current()` and gets the head that
+    is on disk now (checked at most every `check_s`), or None for the bundle's own."""
+
+    def __init__(self, path: Path | None, bundle_sha256: str, feature_size: int,
+                 check_s: float = 2.0) -> None:
+        self.path, self.bundle_sha256, self.feature_size = path, bundle_sha256, feature_size
+        self.check_s = check_s
+        self._head: Head | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._next_check = 0.0
+        self.refresh(force=True)
+
+    def current(self) -> Head | None:
+        if time.monotonic() >= self._next_check:
+            self.refresh()
+        return self._head
+
+    def pin(self, head: Head | None) -> None:
+        """Use `head` from now on and stop watching the file (benchmarks)."""
+        self._head, self.path = head, None
+
+    def refresh(self, force: bool = False) -> None:
+        self._next_check = time.monotonic() + self.check_s
+        if self.path is None or self.feature_size == 0:
+            return
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp == self._stamp and not force:
+            return
+        self._stamp = stamp
+        if stamp is None:
+            if self._head is not None:
+                log.info("site head removed: back to the bundle's own head")
+            self._head = None
+            return
+        try:
+            self._head = read_head(self.path, self.bundle_sha256, self.feature_size)
+            log.info("site head %s in use (%s)", self._head.id, self.path)
+        except ModelError as exc:
+            log.warning("%s; using the bundle's own head", exc)
+            self._head = None

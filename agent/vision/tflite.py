@@ -1,0 +1,66 @@
+"""Load a .tflite model with whichever TFLite runtime is installed.
+
+LiteRT (`ai-edge-litert`) is the maintained successor of `tflite-runtime` with the same
+`Interpreter` API; tflite-runtime 2.14 is the last release and breaks with numpy 2, so
+LiteRT is tried first. TensorFlow's own interpreter is the last resort (workstation only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+
+RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+
+def interpreter_class() -> tuple[str, Any]:
+    """(module name, Interpreter class) of the first runtime that imports."""
+    for name in RUNTIMES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return name, module.Interpreter
+    raise ModelError("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence C++ writes to fd 2 for a moment: the runtime prints `INFO: Created TensorFlow
+    Lite XNNPACK delegate for CPU.` on every load, and no setting turns it off."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def load_interpreter(path: str | Path, num_threads: int = 1) -> Any:
+    """An allocated interpreter for `path`; a missing or corrupt file is a ModelError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    _, interpreter_cls = interpreter_class()
+    try:
+        with native_stderr_silenced():
+            interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load TFLite model {path}: {first_line}") from None
+    return interpreter

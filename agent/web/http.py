@@ -1,0 +1,324 @@
+"""Optional HTTP endpoint (off by default, bound to localhost unless configured).
+
+- GET  /healthz       200 when the camera delivers and the broker is connected, else 503
+- GET  /metrics       Prometheus text format
+- GET  /snapshot.jpg  latest frame with boxes; 404 unless `http.snapshot` is enabled,
+                      because then an image leaves the device
+- POST /v1/predict    an encoded image as the request body -> the JSON of `mask-agent detect`
+                      (400 undecodable, 411 no length, 413 too many bytes or pixels,
+                      503 while another prediction runs)
+- /, /console/...     the web console (agent/web/console.py) when `http.console` is on; it
+                      has its own login (the same token) and CSRF checks
+
+Once enabled it is an attack surface on a small device, so it is bounded everywhere:
+a bearer token (required off loopback) for everything but /healthz, at most
+`http.max_connections` connections served at once, idle connections closed after
+`http.timeout_s`, uploads read up to `http.max_upload_bytes` and no further, image
+headers checked before decoding, one prediction at a time, one log line per bad request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from ..errors import ConfigError, InputError
+from ..vision.predict import ImageTooLarge, decode_image, detect_result
+from .config import HttpConfig, http_token
+
+log = logging.getLogger("maskwatch.http")
+
+BACKLOG = 64
+
+
+class AgentView(Protocol):
+    """What the endpoint needs from the running agent."""
+
+    def stats(self) -> dict: ...
+
+    def health_report(self) -> tuple[bool, dict]: ...
+
+    def snapshot_jpeg(self) -> bytes | None: ...
+
+    def make_predictor(self) -> Any: ...
+
+    def make_console(self, token: str | None) -> Any: ...
+
+
+def prometheus(stats: dict) -> str:
+    """Prometheus text exposition of the agent's stats."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP maskwatch_{name} {help_text}")
+        lines.append(f"# TYPE maskwatch_{name} {kind}")
+        lines.extend(f"maskwatch_{name}{labels} {value}" for labels, value in samples)
+
+    metric("fps", "gauge", "Frames processed per second.", [("", stats["fps"])])
+    metric("frames_total", "counter", "Frames processed.", [("", stats["frames"])])
+    metric("faces_total", "counter", "Faces detected.", [("", stats["faces"])])
+    metric("people_total", "counter", "People decided, by label.",
+           [(f'{{label="{k}"}}', v) for k, v in sorted(stats["people"].items())])
+    metric("events_total", "counter", "Events produced, by type.",
+           [(f'{{type="{k}"}}', v) for k, v in sorted(stats["events"].items())])
+    metric("outbox_depth", "gauge", "Events waiting for the broker.",
+           [("", stats["outbox_depth"])])
+    metric("outbox_dropped_total", "counter", "Events dropped because the outbox was full.",
+           [("", stats["outbox_dropped"])])
+    metric("broker_connected", "gauge", "1 when connected to the MQTT broker.",
+           [("", int(stats["broker_connected"]))])
+    metric("source_up", "gauge", "1 when the camera delivers frames.",
+           [("", int(stats["source"] == "ok"))])
+    metric("uptime_seconds", "gauge", "Seconds since the agent started.",
+           [("", stats["uptime_s"])])
+    return "\n".join(lines) + "\n"
+
+
+_BUSY_BODY = b'{"error": "too many connections"}\r\n'
+BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BUSY_BODY) + _BUSY_BODY)
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A threading server that serves at most `max_connections` at once (each closed after
+    `timeout_s` idle); a connection beyond that gets an immediate 503 and is closed, so a
+    flood of idle connections costs neither threads nor file descriptors."""
+
+    daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def __init__(self, address, handler, max_connections: int, timeout_s: float) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.connection_timeout = timeout_s
+        self.rejected = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.rejected += 1
+            try:
+                request.settimeout(0.5)
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            request.settimeout(self.connection_timeout)
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.info("HTTP connection from %s failed", client_address[0])  # no traceback
+
+
+class HttpEndpoint:
+    def __init__(self, settings: HttpConfig, max_image_pixels: int, agent: AgentView) -> None:
+        self.cfg = settings
+        self.max_pixels = max_image_pixels  # detect.max_image_pixels
+        self.agent = agent
+        self.token = http_token(settings)
+        self._predictor = None
+        self._predict_slot = threading.Semaphore(1)  # decode + predict: one at a time
+        self.console = agent.make_console(self.token) if self.cfg.console else None
+        try:
+            self.server = BoundedServer((self.cfg.host, self.cfg.port), self._handler_class(),
+                                        self.cfg.max_connections, self.cfg.timeout_s)
+        except OSError as exc:
+            raise ConfigError(f"config: http.port: cannot listen on {self.cfg.host}:"
+                              f"{self.cfg.port}: {exc.strerror}") from None
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="http",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("HTTP endpoint on http://%s:%s%s", self.cfg.host, self.port,
+                 " (token required)" if self.token else "")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def authorised(self, header: str | None) -> bool:
+        if self.token is None:
+            return True
+        expected = f"Bearer {self.token}".encode()
+        return header is not None and hmac.compare_digest(header.encode(), expected)
+
+    def predict(self, body: bytes) -> dict | None:
+        """The detect JSON, or None when another prediction is running (503)."""
+        if not self._predict_slot.acquire(blocking=False):
+            return None
+        try:
+            image = decode_image(body, max_pixels=self.max_pixels)
+            if self._predictor is None:
+                self._predictor = self.agent.make_predictor()
+            detector, classifier = self._predictor
+            return detect_result(image, detector, classifier)
+        finally:
+            self._predict_slot.release()
+
+    def _handler_class(self):
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "maskwatch"
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, fmt: str, *args) -> None:
+                log.debug("%s %s", self.address_string(), fmt % args)
+
+            def log_error(self, fmt: str, *args) -> None:
+                log.info("bad HTTP request from %s: %s", self.address_string(), fmt % args)
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, status: int, data: dict) -> None:
+                self._send(status, json.dumps(data).encode(), "application/json")
+
+            def _error(self, status: int, message: str) -> None:
+                if status >= 400 and status != HTTPStatus.NOT_FOUND:
+                    log.info("HTTP %d for %s %s from %s: %s", status, self.command,
+                             self.path[:80], self.address_string(), message)
+                self._json(status, {"error": message})
+
+            def _allowed(self) -> bool:
+                if endpoint.authorised(self.headers.get("Authorization")):
+                    return True
+                self.close_connection = True
+                self.send_response(HTTPStatus.UNAUTHORIZED)
+                self.send_header("WWW-Authenticate", 'Bearer realm="maskwatch"')
+                body = b'{"error": "a bearer token is required"}'
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                log.info("HTTP 401 for %s %s from %s", self.command, self.path[:80],
+                         self.address_string())
+                return False
+
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (socket.timeout, ConnectionError) as exc:
+                    log.info("HTTP connection from %s dropped: %s", self.address_string(),
+                             type(exc).__name__)
+                    self.close_connection = True
+
+            def _console(self, method: str, body: bytes = b"") -> bool:
+                """Serve the console's paths (True), or leave the request alone."""
+                path, _, query = self.path.partition("?")
+                if endpoint.console is None or not (path == "/" or path.startswith("/console")):
+                    return False
+                from .console import Request
+
+                reply = endpoint.console.handle(Request(
+                    method, path, parse_qs(query), self.headers, body,
+                    endpoint.token is not None and endpoint.authorised(
+                        self.headers.get("Authorization"))))
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("X-Frame-Options", "DENY")
+                self.end_headers()
+                self.wfile.write(reply.body)
+                return True
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if self._console("GET"):
+                    return
+                if path == "/healthz":
+                    ok, report = endpoint.agent.health_report()
+                    self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, report)
+                    return
+                if not self._allowed():
+                    return
+                if path == "/metrics":
+                    self._send(HTTPStatus.OK, prometheus(endpoint.agent.stats()).encode(),
+                               "text/plain; version=0.0.4")
+                elif path == "/snapshot.jpg":
+                    self._snapshot()
+                else:
+                    self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
+
+            def _snapshot(self) -> None:
+                if not endpoint.cfg.snapshot:
+                    self._error(HTTPStatus.NOT_FOUND,
+                                "snapshots are disabled (set http.snapshot: true)")
+                    return
+                jpeg = endpoint.agent.snapshot_jpeg()
+                if jpeg is None:
+                    self._error(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet")
+                else:
+                    self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+
+            def _body(self) -> bytes | None:
+                """The request body, or None after answering 411/413."""
+                self.close_connection = True
+                text = self.headers.get("Content-Length", "")
+                if not text.isdigit():
+                    self._error(HTTPStatus.LENGTH_REQUIRED,
+                                "a Content-Length of 0 or more bytes is required")
+                    return None
+                length, limit = int(text), endpoint.cfg.max_upload_bytes
+                if length > limit:
+                    self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                f"upload of {length} bytes exceeds http.max_upload_bytes "
+                                f"({limit})")
+                    return None
+                return self.rfile.read(length)
+
+            def do_POST(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if endpoint.console is not None and path.startswith("/console"):
+                    body = self._body()
+                    if body is not None:
+                        self._console("POST", body)
+                    return
+                if not self._allowed():
+                    return
+                if path != "/v1/predict":
+                    self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path[:80]}")
+                    return
+                body = self._body()
+                if body is None:
+                    return
+                try:
+                    result = endpoint.predict(body)
+                except ImageTooLarge as exc:
+                    self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
+                    return
+                except InputError as exc:
+                    self._error(HTTPStatus.BAD_REQUEST, str(exc))
+                    return
+                if result is None:
+                    self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy: try again")
+                else:
+                    self._json(HTTPStatus.OK, result)
+
+        return Handler
