@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import re
+import reprlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -53,6 +54,13 @@ __all__ = ["AdaptConfig", "ClassifyConfig", "Config", "DetectConfig", "HomeAssis
            "redacted", "validate"]
 
 MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; /dev/zero must not exhaust memory
+MAX_HOSTS = 64
+MIN_TOKEN_CHARS = 16  # a bearer token a login page can be brute-forced against
+MAX_INT = 10**18  # far above any setting's range, far below what float() cannot hold
+MAX_ALIASES = 50  # a config has a few anchors at most; a billion laughs has millions
+MAX_DEPTH = 20  # sections nest two deep; [[[[...]]]] must not exhaust the stack
+SHOWN = reprlib.Repr()
+SHOWN.maxstring, SHOWN.maxother, SHOWN.maxlist, SHOWN.maxlevel = 60, 60, 4, 2
 
 
 @dataclass(frozen=True)
@@ -108,15 +116,23 @@ def _range(s: Setting) -> str:
     return f" from {s.low:g} to {s.high:g}"
 
 
+def shown(value: Any) -> str:
+    """A value as an error message may show it: short, whatever its size or shape."""
+    return SHOWN.repr(value)
+
+
 def _check_number(key: str, s: Setting, value: Any, integer: bool) -> Any:
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             integer and not isinstance(value, int)):
-        raise fail(key, f"expected {kind}{_range(s)}, got {value!r}")
+        raise fail(key, f"expected {kind}{_range(s)}, got {shown(value)}")
+    if isinstance(value, int) and abs(value) > MAX_INT:  # 9**400 is an int to YAML
+        raise fail(key, f"expected {kind}{_range(s)}, got a {len(str(abs(value)))}-digit "
+                   "number")
     if not math.isfinite(value):
-        raise fail(key, f"expected a finite number{_range(s)}, got {value!r}")
+        raise fail(key, f"expected a finite number{_range(s)}, got {shown(value)}")
     if (s.low is not None and value < s.low) or (s.high is not None and value > s.high):
-        raise fail(key, f"expected {kind}{_range(s)}, got {value!r}")
+        raise fail(key, f"expected {kind}{_range(s)}, got {shown(value)}")
     return value if integer else float(value)
 
 
@@ -124,7 +140,7 @@ def _check_source(key: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise fail(key, f"expected a camera index, device, file or URL, got {value!r}")
+        raise fail(key, f"expected a camera index, device, file or URL, got {shown(value)}")
     if "://" in value:
         try:
             url = urlparse(value)
@@ -138,28 +154,38 @@ def _check_source(key: str, value: Any) -> str:
     return value
 
 
+def _check_hosts(key: str, value: Any) -> tuple[str, ...]:
+    """A list of host names or addresses, optionally with `:port` (`broker-1:8883`)."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_HOSTS:
+        raise fail(key, f"expected a list of at most {MAX_HOSTS} host names, got "
+                   f"{shown(value)}")
+    return tuple(_check_host(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
 def _check_roi(key: str, value: Any) -> tuple[float, float, float, float]:
     if (not isinstance(value, (list, tuple)) or len(value) != 4 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             for v in value)):
-        raise fail(key, f"expected [x, y, w, h] fractions of the frame, got {value!r}")
+        raise fail(key, f"expected [x, y, w, h] fractions of the frame, got {shown(value)}")
     x, y, w, h = (float(v) for v in value)
     if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 - x + 1e-9 and 0 < h <= 1 - y + 1e-9):
-        raise fail(key, f"region {list(value)!r} must lie inside the frame (fractions 0..1)")
+        raise fail(key, f"region {shown(list(value))} must lie inside the frame "
+                   "(fractions 0..1)")
     return x, y, w, h
 
 
 def _check_host(key: str, value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.:\-_\[\]]{1,253}", value):
-        raise fail(key, f"expected a host name or IP address, got {value!r}")
+        raise fail(key, f"expected a host name or IP address, got {shown(value)}")
     return value
 
 
 def _check_text(key: str, s: Setting, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise fail(key, f"expected a non-empty string, got {value!r}")
+        raise fail(key, f"expected a non-empty string, got {shown(value)}")
     if s.pattern and not re.fullmatch(s.pattern, value):
-        raise fail(key, f"{value!r} has characters not allowed here (pattern {s.pattern})")
+        raise fail(key, f"{shown(value)} has characters not allowed here "
+                   f"(pattern {s.pattern})")
     return value
 
 
@@ -173,13 +199,13 @@ def _check_secret(key: str, value: Any) -> str:
 
 def _check_choice(key: str, s: Setting, value: Any) -> str:
     if value not in s.choices:
-        raise fail(key, f"expected one of {', '.join(s.choices)}, got {value!r}")
+        raise fail(key, f"expected one of {', '.join(s.choices)}, got {shown(value)}")
     return value
 
 
 def _check_bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise fail(key, f"expected true or false, got {value!r}")
+        raise fail(key, f"expected true or false, got {shown(value)}")
     return value
 
 
@@ -192,6 +218,7 @@ CHECKS: dict[str, Callable[[str, Setting, Any], Any]] = {
     "host": lambda k, s, v: _check_host(k, v),
     "source": lambda k, s, v: _check_source(k, v),
     "roi": lambda k, s, v: _check_roi(k, v),
+    "hosts": lambda k, s, v: _check_hosts(k, v),
     "bool": lambda k, s, v: _check_bool(k, v),
     "enum": _check_choice,
 }
@@ -287,8 +314,12 @@ def _check_cross_fields(cfg: Config) -> None:
 def _check_http(http: HttpConfig) -> None:
     if http.token_env and http.token_env not in os.environ:
         raise fail("http.token_env", f"environment variable {http.token_env} is not set")
-    if http.token_file:
-        read_secret_file("http.token_file", http.token_file)
+    if http.token_env or http.token_file:
+        key = "http.token_env" if http.token_env else "http.token_file"
+        token = http_token(http) or ""
+        if len(token) < MIN_TOKEN_CHARS:  # an empty token must never mean "no token"
+            raise fail(key, f"the token has {len(token)} characters; use at least "
+                       f"{MIN_TOKEN_CHARS} (e.g. openssl rand -hex 16)")
     if http.enabled and not is_loopback(http.host) and not (http.token_env or http.token_file):
         raise fail("http.host", f"{http.host} is not a loopback address: set http.token_file "
                     "or http.token_env so that the endpoint requires a token")
@@ -306,7 +337,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if key in SECRET_KEYS:
         return key.split("."), value
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.load(value, Loader=StrictLoader) if value.strip() else None  # noqa: S506
+    except RecursionError:
+        raise ConfigError(f"config: --set {key}: nested more than {MAX_DEPTH} levels deep"
+                          ) from None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -362,13 +396,64 @@ def _verbatim_secrets(data: dict, text: str) -> None:
             typed[name] = written[name]
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what no config needs and what can hurt: a key given
+    twice (a second `mqtt:` silently replaced the first), more than MAX_ALIASES aliases (a
+    billion laughs), recursive aliases, nesting deeper than MAX_DEPTH."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"more than {MAX_ALIASES} aliases (*name)", mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!s:.60} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _node_is_recursive(data: Any, depth: int = 0) -> bool:
+    """True for a structure that contains itself (`a: &a [*a]`) or nests too deep."""
+    if depth > MAX_DEPTH:
+        return True
+    if isinstance(data, dict):
+        return any(_node_is_recursive(v, depth + 1) for v in data.values())
+    if isinstance(data, list):
+        return any(_node_is_recursive(v, depth + 1) for v in data)
+    return False
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config: {path} is a directory, not a config file")
     text = _read_bounded(path)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"config: {path}: nested more than {MAX_DEPTH} levels deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -376,6 +461,9 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config: {path}{where}: {problem}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config: {path}: expected a mapping of settings at the top level")
+    if _node_is_recursive(data):
+        raise ConfigError(f"config: {path}: nested more than {MAX_DEPTH} levels deep (or "
+                          "an alias that contains itself)")
     data = data or {}
     _verbatim_secrets(data, text)
     return data
@@ -425,6 +513,8 @@ HEADER = """\
 def _yaml_value(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, tuple):
+        value = list(value)
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 

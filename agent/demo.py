@@ -2,7 +2,10 @@
 
 It needs no camera, no broker and no download, and it never touches the device's real
 state: the outbox lives in a temporary folder that is deleted at the end. When a broker
-answers at mqtt.host:mqtt.port the events are published there too (topics as in `run`).
+answers at mqtt.host:mqtt.port the events are published there too, as a device of its own
+(`<device_id>-demo`, client id `maskwatch-<device_id>-demo`, no Home Assistant
+discovery): trying the demo on a live Pi must neither knock the running agent off the
+broker nor touch its counters, alerts or entities.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from .errors import EXIT_OK
 
 DEMO_CLIP = Path(__file__).parent / "demo" / "street_demo.mp4"
 PROBE_TIMEOUT_S = 1.0
+DEMO_SUFFIX = "-demo"
 
 
 def broker_answers(host: str, port: int) -> bool:
@@ -30,9 +34,18 @@ def broker_answers(host: str, port: int) -> bool:
         return False
 
 
+def demo_device_id(device_id: str) -> str:
+    return f"{device_id[:64 - len(DEMO_SUFFIX)]}{DEMO_SUFFIX}"
+
+
 def demo_config(cfg: Config, state_dir: str, clip: str) -> Config:
-    """The user's config (broker, model, detector), with a throwaway state and the clip."""
+    """The user's config (broker, model, detector), with a throwaway state, the clip, and an
+    identity of its own on the broker."""
+    device_id = demo_device_id(cfg.device_id or "maskwatch")
     return cfg.replace(
+        device_id=device_id,
+        mqtt=replace(cfg.mqtt, client_id=f"maskwatch-{device_id}"),
+        homeassistant=replace(cfg.homeassistant, enabled=False),
         state_dir=state_dir,
         outbox=replace(cfg.outbox, path=str(Path(state_dir) / "outbox.sqlite3")),
         source=replace(cfg.source, uri=clip, realtime=False, loop=False, wait=False),
@@ -63,8 +76,10 @@ def run_demo(cfg: Config, clip: str | None = None, publish: bool = True) -> int:
     broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
     online = publish and broker_answers(cfg.mqtt.host, cfg.mqtt.port)
     if online:
-        print(f"publishing events to the MQTT broker at {broker} "
-              f"(topic {cfg.mqtt.topic_prefix}/{cfg.device_id}/events)")
+        print(f"publishing events to the MQTT broker at {broker} as device "
+              f"{demo_device_id(cfg.device_id or 'maskwatch')} (topic {cfg.mqtt.topic_prefix}/"
+              f"{demo_device_id(cfg.device_id or 'maskwatch')}/events; the real device's "
+              "topics are left alone)")
     else:
         print(f"no MQTT broker {'answers at ' + broker if publish else 'asked for'}: events "
               "are printed here only")

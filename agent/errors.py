@@ -17,6 +17,7 @@ EXIT_NOINPUT = 66  # an input file or camera source does not exist / cannot be o
 EXIT_UNAVAILABLE = 69  # the MQTT broker could not be reached
 EXIT_IOERR = 74  # the state directory was unwritable at the end: events only in memory
 EXIT_TEMPFAIL = 75  # --until-eof ended with events not yet delivered (kept in the outbox)
+EXIT_NOPERM = 77  # --until-eof ended with events the broker refused (its ACL; kept)
 EXIT_CONFIG = 78  # invalid configuration or model file
 
 

@@ -17,6 +17,8 @@ class DeliveryView(Protocol):
 
     published: int
     last_error: str | None
+    refusing: bool  # the broker refuses our publishes (MQTT 5 reason code, e.g. its ACL)
+    refused: int
 
     def is_connected(self) -> bool: ...
 
@@ -36,16 +38,19 @@ class OutboxView(Protocol):
 class Health:
     source: str = "starting"  # starting, ok, lost, ended
     source_error: str | None = None
-    started: float = field(default_factory=time.time)
+    samples_error: str | None = None  # why the site sample store is not in use
+    started: float = field(default_factory=time.monotonic)  # durations: immune to clock steps
     people: Counter = field(default_factory=Counter)  # decided people per label
     events: Counter = field(default_factory=Counter)  # events per type
     _last_stats: float = field(default_factory=time.monotonic)  # when stats were last sent
     _last_frames: int = 0
 
-    def status(self, outbox: OutboxView) -> str:
+    def status(self, outbox: OutboxView, delivery: DeliveryView | None = None) -> str:
         """The retained `status` word."""
         if self.source == "lost":
             return "source_lost"
+        if delivery is not None and delivery.refusing:
+            return "unauthorized"
         if outbox.degraded:
             return "degraded"
         return "online"
@@ -64,7 +69,7 @@ class Health:
         fps = (s.frames - self._last_frames) / max(1e-6, time.monotonic() - self._last_stats)
         return {
             "ts": time.time(),
-            "uptime_s": round(time.time() - self.started, 1),
+            "uptime_s": round(time.monotonic() - self.started, 1),
             "fps": round(fps, 2),
             "frames": s.frames,
             "detections": s.detections,
@@ -80,14 +85,16 @@ class Health:
             "source_error": self.source_error,
             "broker_connected": delivery.is_connected(),
             "broker_error": delivery.last_error,
-            "status": self.status(outbox),
+            "status": self.status(outbox, delivery),
+            "events_refused": delivery.refused,
+            "samples_error": self.samples_error,
         }
 
     def report(self, delivery: DeliveryView, outbox: OutboxView) -> tuple[bool, dict]:
         """(healthy, details) for /healthz: the source delivers and the broker is connected."""
-        broker_ok = delivery.is_connected()
+        broker_ok = delivery.is_connected() and not delivery.refusing
         return self.source == "ok" and broker_ok, {
-            "status": self.status(outbox), "source": self.source,
+            "status": self.status(outbox, delivery), "source": self.source,
             "source_error": self.source_error, "broker_connected": broker_ok,
             "broker_error": delivery.last_error, "outbox_error": outbox.error,
         }

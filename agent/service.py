@@ -23,7 +23,7 @@ from .delivery.config import mqtt_password
 from .delivery.discovery import Announcer
 from .delivery.outbox import ResilientOutbox
 from .delivery.publish import Publisher
-from .errors import EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
+from .errors import EXIT_IOERR, EXIT_NOPERM, EXIT_OK, EXIT_TEMPFAIL, StateError
 from .factory import classifier_from, pipeline_from, topics_from
 from .health import Health
 from .people.events import EventContext, build_event, encode
@@ -40,6 +40,15 @@ log = logging.getLogger("maskwatch.service")
 UNTIL_EOF_DRAIN_S = 60.0  # the broker answered before: give it time to take the backlog
 NEVER_CONNECTED_DRAIN_S = 10.0  # no broker so far: don't hold the exit for a minute
 STOP_DRAIN_S = 5.0
+PRUNE_EVERY_S = 600.0  # crops past adapt.retention_days go within ten minutes
+
+
+def wall_clock(ts: float, live: bool, file_offset: float) -> float:
+    """Wall-clock time of a frame time. Live frames carry monotonic time, so the clock is
+    read now, at the event: after an NTP step (a Pi without a real-time clock boots in the
+    past and steps later) the next event has the right time. A file's frames carry video
+    time: `file_offset`, fixed when it opened, maps it."""
+    return ts + (time.time() - time.monotonic() if live else file_offset)
 
 
 class Agent:
@@ -63,12 +72,8 @@ class Agent:
         if cfg.homeassistant.enabled:
             self.publisher.subscribe(self.topics.ha_status, self.announcer.on_ha_status)
         self.on_event: list[Callable[[dict], None]] = []  # extra listeners (the demo)
-        self.samples = None  # the site sample store (collection on, or the console)
-        if cfg.adapt.collect or (cfg.http.enabled and cfg.http.console):
-            from .site.doorway import open_store
-
-            self.samples = open_store(cfg.adapt, cfg.state_dir)
-        if cfg.adapt.collect:
+        self.samples = self._open_samples()  # collection on, or the console
+        if cfg.adapt.collect and self.samples is not None:
             from .site.doorway import collector_listener
 
             self.pipeline.on_classified.append(
@@ -80,11 +85,30 @@ class Agent:
             self.http = HttpEndpoint(cfg.http, cfg.detect.max_image_pixels, self)
         self.latest_frame: Frame | None = None
         self._context: EventContext | None = None
-        self._clock_offset = 0.0
+        self._clock_offset = 0.0  # wall time of video time 0 (files)
+        self._live = False
+        self._was_refusing = False
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+
+    def _open_samples(self):
+        """The site sample store, or None: not needed, or unusable (a corrupt or foreign
+        samples.sqlite3, a full disk). Collection is a side job: without its store the
+        agent still detects and delivers, and says why collection is off."""
+        cfg = self.cfg
+        if not (cfg.adapt.collect or (cfg.http.enabled and cfg.http.console)):
+            return None
+        from .site.doorway import open_store
+
+        try:
+            return open_store(cfg.adapt, cfg.state_dir)
+        except StateError as exc:
+            self.health.samples_error = str(exc)
+            log.error("%s; running without collection", exc)
+            return None
 
     # --- what the HTTP endpoint and systemd see --------------------------------------
     def status_text(self) -> str:
-        return self.health.status(self.outbox)
+        return self.health.status(self.outbox, self.publisher)
 
     def stats(self) -> dict:
         return self.health.stats(self.pipeline.stats, self.publisher, self.outbox)
@@ -104,8 +128,14 @@ class Agent:
         return buf.tobytes() if ok else None
 
     def make_console(self, token: str | None):
-        """The web console, fed by this agent's events and stats."""
-        from .web.console import Console, PeopleLog
+        """The web console, fed by this agent's events and stats; with no token
+        configured, it logs in with one generated into the state dir."""
+        from .web.console import Console, PeopleLog, console_token
+
+        if token is None:
+            token, path, made = console_token(self.cfg.state_dir or ".")
+            log.warning("console login token %s %s (readable by this user only)",
+                        "written to" if made else "is in", path)
 
         people = PeopleLog()
         self.on_event.append(people.add)
@@ -131,8 +161,16 @@ class Agent:
     def _tick(self) -> None:
         """Housekeeping between frames: watchdog, outbox recovery, periodic stats."""
         self.notifier.watchdog()
+        if self.publisher.refusing != self._was_refusing:  # `unauthorized` comes and goes
+            self._was_refusing = self.publisher.refusing
+            self._update_status()
         if self.outbox.degraded and self.outbox.maintain():
             self._update_status()
+        if self.samples is not None and time.monotonic() >= self._next_prune:
+            from .site.doorway import prune_quietly
+
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            prune_quietly(self.samples)
         if self.health.stats_due(self.cfg.mqtt.stats_interval_s):
             self.publisher.publish_now(self.topics.stats, json.dumps(self.stats()))
             self.health.stats_sent(self.pipeline.stats.frames)
@@ -142,8 +180,9 @@ class Agent:
         assert self._context is not None
         track = transition.track
         context = replace(self._context, model=self.pipeline.classifier.identity())
-        event = build_event(transition, context, track.last_seen + self._clock_offset,
-                            track.first_seen + self._clock_offset)
+        event = build_event(transition, context,
+                            wall_clock(track.last_seen, self._live, self._clock_offset),
+                            wall_clock(track.first_seen, self._live, self._clock_offset))
         was_degraded = self.outbox.degraded
         self.publisher.queue(self.topics.events, encode(event))
         if transition.kind in ("new", "update") and event["label"] == NO_MASK:
@@ -159,6 +198,7 @@ class Agent:
         for listener in self.on_event:
             listener(event)
 
+
     def _end_tracks(self, ts: float) -> None:
         for transition in self.pipeline.finish(ts):
             self._emit(transition)
@@ -166,6 +206,7 @@ class Agent:
     # --- the loop ----------------------------------------------------------------------
     def _on_source(self, state: str, source: Source | None, reason: str | None) -> None:
         if state == "ok" and source is not None:
+            self._live = source.live
             self._clock_offset = time.time() - (time.monotonic() if source.live else 0.0)
         if state in ("lost", "ended") and self._context is not None:
             self._end_tracks(self._last_ts)
@@ -244,6 +285,10 @@ class Agent:
         if left and self.publish:
             log.warning("%d events not yet delivered stay in the outbox %s for the next start",
                         left, self.outbox.path)
+            if until_eof and self.publisher.refused:
+                log.error("the MQTT broker refused %d publishes (%s): not allowed to publish",
+                          self.publisher.refused, self.publisher.last_error)
+                return EXIT_NOPERM
             if until_eof:
                 return EXIT_TEMPFAIL
         return EXIT_OK

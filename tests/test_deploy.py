@@ -38,6 +38,8 @@ def test_unit_has_the_required_settings():
     assert s["MemoryMax"] and s["TasksMax"] and s["LimitNOFILE"]
     assert "source.wait=true" in s["ExecStart"][0]  # the service waits for its camera
     assert "AF_INET" in s["RestrictAddressFamilies"][0]
+    assert "time-sync.target" in s["After"][0].split()  # ordered, never required
+    assert "time-sync.target" not in " ".join(s.get("Wants", []) + s.get("Requires", []))
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_snapshot_when_enabled_shows_the_frame_with_boxes(agent):
 @pytest.mark.faults
 def test_negative_and_missing_content_length_are_refused(agent):
     for header in (b"Content-Length: -1\r\n", b"", b"Content-Length: 12abc\r\n"):
-        answer = raw(agent, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n" +
+        answer = raw(agent, b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\n" + header + b"\r\n" +
                      b"x" * 1000)
         assert answer.startswith(b"HTTP/1.0 411"), answer[:80]
 
@@ -153,7 +153,7 @@ def test_idle_connection_flood_is_bounded_and_recovers(agent):
 
 @pytest.mark.faults
 def test_token_required_for_all_but_healthz(tmp_path, monkeypatch):
-    monkeypatch.setenv("MW_HTTP_TOKEN", "s3cret token")
+    monkeypatch.setenv("MW_HTTP_TOKEN", "s3cret token, long enough")
     agent = make_agent(tmp_path, "http.token_env=MW_HTTP_TOKEN")
     try:
         assert request(url(agent, "/healthz"))[0] == 503  # open: no source, no broker
@@ -162,7 +162,7 @@ def test_token_required_for_all_but_healthz(tmp_path, monkeypatch):
             == 401
         assert request(url(agent, "/v1/predict"), b"x")[0] == 401
         status, body = request(url(agent, "/metrics"),
-                               headers={"Authorization": "Bearer s3cret token"})
+                               headers={"Authorization": "Bearer s3cret token, long enough"})
         assert status == 200 and b"maskwatch_frames_total" in body
     finally:
         agent.http.stop()

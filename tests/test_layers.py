@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 AGENT = Path(__file__).resolve().parent.parent / "agent"
-BASE = {"__init__", "errors", "settings"}
+BASE = {"__init__", "errors", "settings", "throttle"}
 RANKS = {"base": 0, "vision": 1, "people": 2, "delivery": 3, "site": 3, "web": 4, "top": 5,
          "bench": 6}
 PARTS = ("vision", "people", "delivery", "site", "web", "bench")

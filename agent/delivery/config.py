@@ -27,6 +27,9 @@ class MqttConfig:
     topic_prefix: str = setting("maskwatch", "str", "topics are <prefix>/<device_id>/...",
                                 pattern=r"^[^#+\s]+$")
     keepalive: int = setting(30, "int", "keepalive seconds", low=5, high=3600)
+    connect_timeout_s: float = setting(10.0, "float", "a broker that has not answered a "
+                                       "connection attempt by then is reported (and the TCP "
+                                       "connect given up)", low=0.5, high=600)
     username: str | None = setting(None, "str", "user name", nullable=True)
     password: str | None = setting(None, "secret", "password, taken verbatim (prefer "
                                    "password_env or password_file)", nullable=True)
@@ -35,6 +38,14 @@ class MqttConfig:
     password_file: str | None = setting(None, "path", "file holding the password (mode 0600)",
                                         nullable=True)
     require_tls: bool = setting(False, "bool", "refuse to connect without TLS")
+    protocol: str = setting("auto", "enum", "MQTT version: v5 (a broker's refusal of a "
+                            "publish, e.g. by its ACL, is seen and the event kept), v311, or "
+                            "auto: v5, and v311 with a warning when the broker speaks only "
+                            "that (NATS, RabbitMQ before 3.13)", choices=("auto", "v5", "v311"))
+    session_expiry_s: int = setting(259200, "int", "MQTT 5: the broker forgets this device's "
+                                    "session this long after it goes away (3 days; a "
+                                    "decommissioned device's session does not stay forever)",
+                                    low=60, high=4_294_967_294)
     tls: TlsConfig = section(TlsConfig)
     stats_interval_s: float = setting(30.0, "float", "seconds between stats messages", low=1,
                                       high=86400)

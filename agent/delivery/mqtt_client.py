@@ -7,15 +7,29 @@ import ssl
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .config import MqttConfig
 
+V5, V311 = "v5", "v311"
+UNSUPPORTED_PROTOCOL = {1, 132}  # CONNACK: 3.1.1's "unacceptable protocol version", v5's
+
+
+def first_protocol(settings: MqttConfig) -> str:
+    """The version to try first (`auto` tries 5, then falls back)."""
+    return V311 if settings.protocol == V311 else V5
+
 
 def make_client(settings: MqttConfig, client_id: str, password: str | None,
-                persistent_session: bool) -> mqtt.Client:
-    """A configured, unconnected client (MQTT 3.1.1)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=not persistent_session, protocol=mqtt.MQTTv311)
+                persistent_session: bool, protocol: str = V5) -> mqtt.Client:
+    """A configured, unconnected client speaking MQTT 5 or 3.1.1."""
+    if protocol == V5:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=not persistent_session, protocol=mqtt.MQTTv311)
     if settings.username:
         client.username_pw_set(settings.username, password)
     tls = settings.tls
@@ -24,3 +38,18 @@ def make_client(settings: MqttConfig, client_id: str, password: str | None,
                        cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.tls_insecure_set(tls.insecure)
     return client
+
+
+def connect_args(settings: MqttConfig, protocol: str, persistent_session: bool) -> dict:
+    """Keyword arguments for `connect`/`connect_async`: on MQTT 5 the session is kept
+    (clean_start off) for `session_expiry_s` after the device goes away."""
+    if protocol != V5:
+        return {}
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = settings.session_expiry_s if persistent_session else 0
+    return {"clean_start": not persistent_session, "properties": properties}
+
+
+def unsupported_protocol(reason_code) -> bool:
+    """The broker refused the protocol version (it speaks an older MQTT)."""
+    return getattr(reason_code, "value", reason_code) in UNSUPPORTED_PROTOCOL

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StateError
+from ..throttle import Throttle
 
 log = logging.getLogger("maskwatch.outbox")
+throttle = Throttle(log)
 
 MEMORY = ":memory:"
 WRITE_WAIT_S = 0.2  # longest a locked database may hold up the frame loop
@@ -104,6 +106,10 @@ class Outbox:
                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                         (dropped,))
                 self._db.execute("COMMIT")
+                if dropped:
+                    throttle.log(logging.WARNING, "dropped", "event outbox full (%d events or "
+                                 "%d bytes): dropped the %d oldest", self.max_events,
+                                 self.max_bytes, dropped)
                 return seqs
             except sqlite3.Error as exc:
                 self._rollback()

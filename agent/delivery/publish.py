@@ -9,6 +9,13 @@ What goes how (topic names: topics.py):
 A pump thread hands outbox messages to paho in seq order with a bounded number in flight
 and deletes each one on its PUBACK. After every (re)connect it starts again from the
 oldest unacknowledged message: a redelivered duplicate keeps its event id.
+
+MQTT 5 by default: its PUBACK carries a reason code, so a publish the broker refuses (its
+ACL, a quota) is not mistaken for a delivery. A refused event stays in the outbox, the
+status becomes `unauthorized`, an error is logged once a minute, and the outbox is tried
+again every REFUSED_RETRY_S (the ACL may be fixed meanwhile). MQTT 3.1.1 acknowledges a
+denied publish like an accepted one; on a broker that speaks only 3.1.1 (`mqtt.protocol:
+auto`) the publisher falls back to it and says that refusals cannot be seen there.
 """
 
 from __future__ import annotations
@@ -23,14 +30,24 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
+from ..throttle import Throttle
 from .config import MqttConfig, TlsConfig
-from .mqtt_client import make_client
+from .mqtt_client import (
+    V5,
+    V311,
+    connect_args,
+    first_protocol,
+    make_client,
+    unsupported_protocol,
+)
 from .outbox import ResilientOutbox
 from .topics import Topics
 
 log = logging.getLogger("maskwatch.publish")
+throttle = Throttle(log)
 
 IN_FLIGHT = 20
+REFUSED_RETRY_S = 60.0  # a refused event is offered again this often
 AUTH_FAILURES = {"Bad user name or password", "Not authorized"}
 
 
@@ -54,12 +71,31 @@ def diagnose_connect(host: str, port: int, tls: TlsConfig | None, timeout: float
         return exc.strerror or str(exc)
 
 
+def disconnect_reason(flags, reason_code) -> str:
+    """What happened, in words: paho reports a closed socket as "Unspecified error"."""
+    from_server = getattr(flags, "is_disconnect_packet_from_server", False)
+    if from_server:
+        return f"the broker ended the session: {reason_code}"  # e.g. Session taken over
+    if getattr(reason_code, "value", None) == 128 or str(reason_code) == "Unspecified error":
+        return ("the connection was closed (the broker stopped or restarted, or the network "
+                "went away)")
+    return str(reason_code)
+
+
 class Publisher:
     def __init__(self, settings: MqttConfig, topics: Topics, outbox: ResilientOutbox,
                  password: str | None) -> None:
         self.topics = topics
         self.outbox = outbox
+        self.settings, self.password = settings, password
         self.host, self.port, self.keepalive = settings.host, settings.port, settings.keepalive
+        self.protocol = first_protocol(settings)
+        self.refused = 0  # events the broker refused (each time it refused them)
+        self.refusing = False  # the latest answer to a publish was a refusal
+        self._refused_mids: dict[int, str] = {}  # mid -> reason, from the network thread
+        self._retry_refused_at: float | None = None
+        self._fallback = False  # the broker refused MQTT 5: the pump switches to 3.1.1
+        self._connecting_since: float | None = None
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.published = 0
@@ -72,20 +108,24 @@ class Publisher:
         self._last_sent = 0
         self._stopping = False
         self._tls = settings.tls if settings.tls.enabled else None
-        self._client = self._make_client(settings, password)
+        self._client = self._make_client()
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
 
-    def _make_client(self, m: MqttConfig, password: str | None) -> mqtt.Client:
+    def _make_client(self) -> mqtt.Client:
+        m = self.settings
         assert m.client_id, "config.load() resolves the client id"
-        client = make_client(m, m.client_id, password, persistent_session=True)
+        client = make_client(m, m.client_id, self.password, persistent_session=True,
+                             protocol=self.protocol)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         # paho computes its backoff in float seconds: sub-second delays are kept as given
         client.reconnect_delay_set(min_delay=m.reconnect_min_s,  # type: ignore[arg-type]
                                    max_delay=m.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(IN_FLIGHT)
+        client.connect_timeout = m.connect_timeout_s
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
+        client.on_pre_connect = self._on_pre_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -93,9 +133,31 @@ class Publisher:
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        self._client.connect_async(self.host, self.port, self.keepalive)
-        self._client.loop_start()
+        self._connect()
         self._pump.start()
+
+    def _connect(self) -> None:
+        self._connecting_since = time.monotonic()
+        self._client.connect_async(self.host, self.port, self.keepalive,
+                                   **connect_args(self.settings, self.protocol, True))
+        self._client.loop_start()
+
+    def _fall_back_to_311(self) -> None:
+        """Pump thread: the broker speaks MQTT 3.1.1 only. A new client, same session."""
+        self._fallback = False
+        old = self._client
+        old.on_connect = old.on_disconnect = old.on_connect_fail = None
+        with contextlib.suppress(Exception):
+            old.disconnect()
+        old.loop_stop()
+        self.protocol = V311
+        log.warning("MQTT broker %s:%s speaks MQTT 3.1.1 only: using it. A publish its ACL "
+                    "denies is acknowledged like a delivered one there, so check that user "
+                    "%s may publish to %s/# (mqtt.protocol: v5 with a broker that has it "
+                    "detects a refusal)", self.host, self.port, self.settings.username or
+                    "(anonymous)", self.topics.base)
+        self._client = self._make_client()
+        self._connect()
 
     def stop(self, drain_timeout_s: float = 5.0) -> int:
         """Drain what the broker will take in time, publish `offline`, disconnect.
@@ -103,7 +165,7 @@ class Publisher:
         Returns the number of events left in the outbox for the next start.
         """
         deadline = time.monotonic() + drain_timeout_s
-        while time.monotonic() < deadline and self.outbox.depth():
+        while time.monotonic() < deadline and self.outbox.depth() and not self.refusing:
             self.wake()  # waits for a reconnect too: the broker may be back any moment
             time.sleep(0.05)
         with self._cond:
@@ -161,8 +223,15 @@ class Publisher:
                 self._cond.wait(timeout=0.5)
                 if self._stopping:
                     return
+                fallback = self._fallback
+            if fallback:
+                self._fall_back_to_311()
+                continue
+            self._check_answer()
+            with self._cond:
                 if not self.connected.is_set():
                     continue
+                self._retry_refused_when_due()
                 room = IN_FLIGHT - len(self._inflight)
                 after = self._last_sent
             if room <= 0:
@@ -186,21 +255,61 @@ class Publisher:
                     self._last_sent = message.seq
             self._sweep_acknowledged()
 
+    def _check_answer(self) -> None:
+        """Say so when a broker took the TCP connection but has not answered the MQTT
+        CONNECT (a proxy or a half-dead broker): paho waits silently otherwise."""
+        since = self._connecting_since
+        limit = self.settings.connect_timeout_s
+        if since is not None and not self.connected.is_set() and \
+                time.monotonic() - since > limit:
+            self._connecting_since = None
+            self.last_error = (f"MQTT broker {self.host}:{self.port} accepted the connection "
+                               f"but has not answered for {limit:g} s")
+            log.warning("%s; still waiting, events are kept in the outbox", self.last_error)
+
+    def _retry_refused_when_due(self) -> None:
+        """Under self._cond: offer the refused events again, oldest first, once nothing
+        else is in flight (no duplicates of what is)."""
+        due = self._retry_refused_at
+        if due is not None and time.monotonic() >= due and not self._inflight:
+            self._retry_refused_at = None
+            self._last_sent = 0
+
     def _sweep_acknowledged(self) -> None:
-        """Delete from the outbox what the broker has acknowledged (PUBACK)."""
+        """Delete from the outbox what the broker has acknowledged (PUBACK) as accepted;
+        keep what it refused (an MQTT 5 reason code of 0x80 or more)."""
         with self._cond:
-            done, waiting = [], []
+            done, refused, waiting = [], [], []
             for info, seq in self._inflight:
                 try:
-                    if info.is_published():
-                        done.append(seq)
-                    else:
+                    if not info.is_published():
                         waiting.append((info, seq))
+                    elif info.mid in self._refused_mids:
+                        refused.append((seq, self._refused_mids.pop(info.mid)))
+                    else:
+                        done.append(seq)
                 except (RuntimeError, ValueError):
                     pass  # lost with the connection: resent from the outbox on reconnect
             self._inflight = waiting
+            if refused and self._retry_refused_at is None:
+                self._retry_refused_at = time.monotonic() + REFUSED_RETRY_S
+        if done:
+            self.refusing = False
         for seq in done:
             self._acked(seq)
+        if refused:
+            self._refusal(refused)
+
+    def _refusal(self, refused: list[tuple[int, str]]) -> None:
+        self.refused += len(refused)
+        self.refusing = True
+        reason = refused[-1][1]
+        self.last_error = f"MQTT broker refused events: {reason}"
+        throttle.log(logging.ERROR, "refused", "MQTT broker %s:%s refused %d events (%s): "
+                     "check its ACL for user %s and topic %s/#; they stay in the outbox (%d "
+                     "waiting) and are offered again every %.0f s", self.host, self.port,
+                     len(refused), reason, self.settings.username or "(anonymous)",
+                     self.topics.base, self.outbox.depth(), REFUSED_RETRY_S)
 
     def _acked(self, seq: int) -> None:
         try:
@@ -211,6 +320,13 @@ class Publisher:
 
     # --- paho callbacks (network thread) ---------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connecting_since = None
+        if self.protocol == V5 and self.settings.protocol == "auto" and \
+                unsupported_protocol(reason_code):
+            with self._cond:
+                self._fallback = True
+                self._cond.notify_all()
+            return
         if reason_code.is_failure:
             self.last_error = f"broker refused connection: {reason_code}"
             if str(reason_code) in AUTH_FAILURES:
@@ -222,7 +338,8 @@ class Publisher:
             return
         self.last_error = None
         self.ever_connected = True
-        log.info("connected to MQTT broker %s:%s", self.host, self.port)
+        log.info("connected to MQTT broker %s:%s (MQTT %s)", self.host, self.port,
+                 "5" if self.protocol == V5 else "3.1.1")
         client.publish(self.topics.status, self._status, qos=1, retain=True)
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
@@ -237,6 +354,9 @@ class Publisher:
             except Exception:  # a bad announcement must not stop event delivery
                 log.exception("on-connect callback failed")
 
+    def _on_pre_connect(self, client, userdata) -> None:
+        self._connecting_since = time.monotonic()
+
     def _on_connect_fail(self, client, userdata) -> None:
         reason = diagnose_connect(self.host, self.port, self._tls)
         self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}: {reason}"
@@ -246,18 +366,26 @@ class Publisher:
         was_connected = self.connected.is_set()
         self.connected.clear()
         if was_connected and not self._stopping:
-            self.last_error = f"disconnected from MQTT broker: {reason_code}"
+            why = disconnect_reason(flags, reason_code)
+            self.last_error = f"disconnected from MQTT broker: {why}"
             log.warning("%s; events are kept in the outbox", self.last_error)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # paho marks the message published after this returns, so a refusal recorded here
+        # is seen by the sweep before it could delete the event
+        if getattr(reason_code, "is_failure", False):
+            with self._cond:
+                self._refused_mids[mid] = str(reason_code)
         self.wake()  # the pump thread sweeps acknowledged messages
 
     def _on_message(self, client, userdata, message) -> None:
         handler = self._handlers.get(message.topic)
         if handler is None:
-            log.warning("ignoring message on unexpected topic %s", message.topic)
+            throttle.log(logging.WARNING, "unexpected", "ignoring message on unexpected "
+                         "topic %s", message.topic[:200])
             return
         try:
             handler(message.payload)
-        except Exception as exc:
-            log.warning("ignoring bad message on %s: %s", message.topic, exc)
+        except Exception as exc:  # a flood of these is said once a minute, with its count
+            throttle.log(logging.WARNING, f"bad {message.topic}", "ignoring bad message on "
+                         "%s: %s", message.topic, exc)

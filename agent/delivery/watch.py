@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 
 from ..errors import BrokerError
 from .config import MqttConfig, mqtt_password
-from .mqtt_client import make_client
+from .mqtt_client import V5, V311, make_client
 from .topics import all_devices
 
 log = logging.getLogger("maskwatch.watch")
@@ -36,7 +36,9 @@ def parse_event(payload: bytes) -> dict:
 
 
 def connect(m: MqttConfig, on_message) -> mqtt.Client:
-    client = make_client(m, f"{m.client_id}-watch", mqtt_password(m), persistent_session=False)
+    # 3.1.1 unless v5 is asked for: a subscriber needs nothing of v5, every broker speaks it
+    client = make_client(m, f"{m.client_id}-watch", mqtt_password(m), persistent_session=False,
+                         protocol=V5 if m.protocol == V5 else V311)
     client.on_connect = lambda c, *a: (
         c.subscribe(all_devices(m.topic_prefix, "events"), qos=1),
         c.subscribe(all_devices(m.topic_prefix, "status"), qos=1))

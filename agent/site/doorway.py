@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..errors import MaskwatchError, ModelError, UsageError
 from ..people.track import Track
+from ..throttle import Throttle
 from ..vision.classify import Classifier, Prediction
 from ..vision.decision import MASK, NO_MASK
 from ..vision.detect import Detector, find_subject_face
@@ -29,12 +31,25 @@ from .config import AdaptConfig
 from .samples import Collector, SampleStore
 
 log = logging.getLogger("maskwatch.site")
+throttle = Throttle(log)
 REVERTED_SUFFIX = ".reverted"
 
 
 def open_store(a: AdaptConfig, state_dir: str | None) -> SampleStore:
-    return SampleStore(Path(state_dir or ".") / "samples", a.max_samples,
-                       int(a.max_mb * (1 << 20)), a.retention_days)
+    """The store, with crops past retention already gone (StateError when unusable)."""
+    store = SampleStore(Path(state_dir or ".") / "samples", a.max_samples,
+                        int(a.max_mb * (1 << 20)), a.retention_days)
+    prune_quietly(store)
+    return store
+
+
+def prune_quietly(store: SampleStore) -> None:
+    """Retention holds even when nothing new is collected: the service calls this every
+    few minutes. A store that fails here is said once a minute, never fatal."""
+    try:
+        store.prune()
+    except (OSError, sqlite3.Error) as exc:
+        throttle.log(logging.WARNING, "prune", "old samples not pruned: %s", exc)
 
 
 def collector_listener(a: AdaptConfig, store: SampleStore, classifier: Classifier
@@ -49,8 +64,9 @@ def collector_listener(a: AdaptConfig, store: SampleStore, classifier: Classifie
                             prediction.label, prediction.confidence,
                             prediction.scores.get(NO_MASK, 0.0),
                             0.5 if threshold is None else threshold, ts)
-        except (OSError, ValueError) as exc:  # a full disk must not stop the agent
-            log.warning("sample not kept: %s", exc)
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            # a full disk or a broken store must not stop the agent; said once a minute
+            throttle.log(logging.WARNING, "sample", "sample not kept: %s", exc)
 
     return offer
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import random
 import shutil
 import sqlite3
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS samples (
     bytes INTEGER NOT NULL,
     label TEXT
 )"""
+COLUMNS = {"id", "ts", "track_id", "predicted", "confidence", "p_no_mask", "reason",
+           "features", "bytes", "label"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ class Sample:
                 "label": self.label}
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """A file only its owner can read (0600 whatever the umask: a face crop)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 class SampleStore:
     """Crops on disk + an SQLite index; safe to use from the agent and the console threads."""
 
@@ -77,12 +87,20 @@ class SampleStore:
         self._lock = threading.Lock()
         try:
             self.crops.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.folder / "samples.sqlite3"),
-                                       check_same_thread=False, timeout=5)
+            for private in (self.folder, self.crops):  # faces: the service user's alone
+                private.chmod(0o700)
+            db_path = self.folder / "samples.sqlite3"
+            os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+            db_path.chmod(0o600)
+            self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=5)
             self._db.execute(SCHEMA)
             self._db.commit()
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(samples)")}
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the sample store in {self.folder}: {exc}") from None
+        if columns != COLUMNS:
+            raise StateError(f"cannot open the sample store in {self.folder}: "
+                             "samples.sqlite3 holds another program's table (move it away)")
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -106,7 +124,7 @@ class SampleStore:
                 (time.time() if ts is None else ts, track_id, predicted, confidence,
                  p_no_mask, reason, features.astype(np.float16).tobytes(), len(jpeg)))
             sample_id = int(cursor.lastrowid)
-            self.crop_path(sample_id).write_bytes(jpeg.tobytes())
+            write_private(self.crop_path(sample_id), jpeg.tobytes())
         self.prune()
         return sample_id
 

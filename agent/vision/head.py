@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from ..errors import ModelError
 
 HEAD_FORMAT = "maskwatch-site-head"
 HEAD_FILE = "site_head.json"
+MAX_HEAD_BYTES = 1 << 20  # 1,280 weights are ~30 KB of JSON
 BUNDLE_HEAD = "bundle"  # what events name when no site head is in use
 
 log = logging.getLogger("maskwatch.head")
@@ -60,8 +62,10 @@ def head_path(state_dir: str | Path) -> Path:
 def read_head(path: Path, bundle_sha256: str, feature_size: int) -> Head:
     """The head in `path`; ModelError when it is unreadable or fitted on another model."""
     try:
+        if path.stat().st_size > MAX_HEAD_BYTES:
+            raise ModelError(f"site head {path} is larger than {MAX_HEAD_BYTES} bytes")
         data = json.loads(path.read_text())
-        if data.get("format") != HEAD_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
             raise ModelError(f"{path} is not a site head (format != {HEAD_FORMAT})")
         weights = np.asarray(data["weights"], np.float32)
         head = Head(weights, float(data["bias"]), float(data["threshold"]),
@@ -76,6 +80,10 @@ def read_head(path: Path, bundle_sha256: str, feature_size: int) -> Head:
     if weights.shape != (feature_size,) or not np.all(np.isfinite(weights)):
         raise ModelError(f"site head {path} has {weights.size} weights; the model has "
                          f"{feature_size} features")
+    if not math.isfinite(head.bias) or not 0.0 < head.threshold < 1.0:
+        raise ModelError(f"site head {path} is not valid: bias {head.bias} must be finite "
+                         f"and threshold {head.threshold} between 0 and 1 (else every face "
+                         "gets one label)")
     return head
 
 

@@ -19,9 +19,17 @@ class ImageTooLarge(InputError):
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The frame size from the first SOF marker, walking the markers as libjpeg does: any
+    number of 0xFF fill bytes may come before a marker (one fill byte once hid a
+    20000 x 20000 frame from a parser that did not skip them). Anything else that is not
+    a marker where one must be: None, and the image is refused."""
     i = 2
     while i + 9 < len(data):
         if data[i] != 0xFF:
+            return None
+        while i + 1 < len(data) and data[i + 1] == 0xFF:  # fill bytes
+            i += 1
+        if i + 9 >= len(data):
             return None
         marker = data[i + 1]
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:

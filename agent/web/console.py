@@ -3,9 +3,14 @@
 Served by the agent's HTTP server when `http.console` is on, as plain HTML + a little
 JavaScript from the package (no build step, no CDN: the device may be offline).
 
-Security, because state changes here (labels, the head in use):
-- With a token configured (required off loopback) the console asks for it once and keeps
-  a session cookie (HttpOnly, SameSite=Strict); API calls also take the bearer token.
+Security, because the console shows faces and changes state (labels, the head in use):
+- It always asks for a token once and keeps a session cookie (HttpOnly, SameSite=Strict);
+  API calls also take the bearer token. The token is `http.token_file`/`token_env`, or,
+  when none is configured, one generated on first use into `<state_dir>/console_token`
+  (mode 0600, readable by the service user alone). Failed logins are rate-limited and
+  logged; a token is never read from a query string.
+- Responses carry a Content-Security-Policy that allows the console's own files only: no
+  inline script, nothing from elsewhere, no framing. Data is put into the page as text.
 - Every state-changing request is a POST carrying the session's CSRF token in the
   `X-CSRF-Token` header (a page from another site can neither read the token nor send
   that header without a CORS preflight, which is never granted); a foreign `Origin` is
@@ -16,7 +21,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -26,13 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs
 
-from ..errors import MaskwatchError
+from ..errors import MaskwatchError, StateError
 from ..site.adapt import ADVISED_PER_CLASS
 from ..site.samples import HUMAN_LABELS, SampleStore
+from ..throttle import Throttle
 
 if TYPE_CHECKING:
     from ..vision.classify import Classifier
 
+log = logging.getLogger("maskwatch.console")
+throttle = Throttle(log)
 STATIC = Path(__file__).parent / "console_static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8"}
@@ -41,6 +52,9 @@ SESSION_S = 12 * 3600
 MAX_SESSIONS = 32
 PEOPLE_KEPT = 5000
 PEOPLE_BIN_S = 600
+CONSOLE_TOKEN_FILE = "console_token"
+LOGIN_FAILURES_PER_MINUTE = 10  # then 429 until the minute is over: ~14,000 tries a day
+MAX_LABEL_IDS = 1000  # one request holds the store's lock (and the collector) this long
 
 
 @dataclass
@@ -67,6 +81,7 @@ class Request:
     headers: Any  # an email.message.Message (http.server's headers)
     body: bytes
     bearer_ok: bool  # the Authorization header carried the configured token
+    client: str = "?"  # the peer's address, for log lines
 
 
 class PeopleLog:
@@ -107,6 +122,48 @@ def iso_seconds(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def console_token(state_dir: str | Path) -> tuple[str, Path, bool]:
+    """(token, its file, whether it was made now): the console's token when none is
+    configured, generated once into the state dir with mode 0600."""
+    path = Path(state_dir) / CONSOLE_TOKEN_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text(errors="replace").strip()
+        if len(token) >= 16:
+            return token, path, False
+        os.replace(path, path.with_name(path.name + ".bad"))  # too short to be ours
+        return console_token(state_dir)
+    except OSError as exc:
+        raise StateError(f"cannot write the console token {path}: {exc.strerror}") from None
+    token = secrets.token_urlsafe(24)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, path, True
+
+
+class LoginLimiter:
+    """At most LOGIN_FAILURES_PER_MINUTE wrong tokens a minute, whoever sends them (the
+    token is the only secret, and many addresses can share one attacker)."""
+
+    def __init__(self, per_minute: int = LOGIN_FAILURES_PER_MINUTE) -> None:
+        self.per_minute = per_minute
+        self._failures: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def blocked(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            while self._failures and now - self._failures[0] > 60:
+                self._failures.popleft()
+            return len(self._failures) >= self.per_minute
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures.append(time.monotonic())
+
+
 class Sessions:
     """Session id -> (CSRF token, expiry); bounded, in memory (a restart logs out)."""
 
@@ -142,7 +199,7 @@ def cookie_value(headers: Any, name: str) -> str | None:
 
 class Console:
     def __init__(self, state_dir: str | None, collecting: bool,
-                 make_classifier: Callable[[], Classifier], token: str | None,
+                 make_classifier: Callable[[], Classifier], token: str,
                  stats: Callable[[], dict], store: SampleStore | None, people: PeopleLog,
                  model: Callable[[], dict]) -> None:
         """`collecting`: adapt.collect; `make_classifier`: the agent's classifier settings
@@ -152,9 +209,15 @@ class Console:
         self.token, self.stats, self.model = token, stats, model
         self.store, self.people = store, people
         self.sessions = Sessions()
+        self.logins = LoginLimiter()
         self._classifier = None  # its own, made on first adapt (interpreters aren't shared)
         # model(): the running classifier's identity {"name", "sha256", "head"}
         self._adapt_lock = threading.Lock()
+
+    def bearer_ok(self, header: str | None) -> bool:
+        """The Authorization header carries the console's token."""
+        expected = f"Bearer {self.token}".encode()
+        return header is not None and hmac.compare_digest(header.encode(), expected)
 
     # --- dispatch -----------------------------------------------------------------------
     def handle(self, request: Request) -> Reply:
@@ -199,6 +262,9 @@ class Console:
             return Reply.error(HTTPStatus.NOT_FOUND, f"no such endpoint: {request.path[:80]}")
         try:
             return route(request)
+        except sqlite3.Error as exc:  # a corrupt store or a full disk: say so, stay up
+            throttle.log(logging.WARNING, "store", "sample store error: %s", exc)
+            return Reply.error(HTTPStatus.SERVICE_UNAVAILABLE, f"sample store error: {exc}")
         except (MaskwatchError, ValueError, KeyError, TypeError) as exc:
             return Reply.error(HTTPStatus.BAD_REQUEST, str(exc))
 
@@ -212,24 +278,36 @@ class Console:
     def page(self, csrf: str | None, bearer_ok: bool) -> Reply:
         headers = {"Cache-Control": "no-store"}
         if csrf is None:
-            if self.token is not None and not bearer_ok:
+            if not bearer_ok:
                 return Reply(HTTPStatus.OK, (STATIC / "login.html").read_bytes(),
                              CONTENT_TYPES[".html"], headers)
-            sid, csrf = self.sessions.create()  # no token needed (loopback): a session now
+            sid, csrf = self.sessions.create()  # the bearer token: a session now
             headers["Set-Cookie"] = self.cookie(sid)
         html = (STATIC / "index.html").read_text().replace("{{csrf}}", csrf)
         return Reply(HTTPStatus.OK, html.encode(), CONTENT_TYPES[".html"], headers)
 
     def login(self, request: Request) -> Reply:
+        if self.logins.blocked():
+            throttle.log(logging.WARNING, "login-blocked", "console login refused: more than "
+                         "%d wrong tokens in a minute (last from %s)", self.logins.per_minute,
+                         request.client)
+            return self.login_page(HTTPStatus.TOO_MANY_REQUESTS,
+                                   "Too many wrong tokens: wait a minute.")
         sent = parse_qs(request.body.decode("utf-8", "replace")).get("token", [""])[0]
-        if self.token is not None and not hmac.compare_digest(sent.encode(),
-                                                              self.token.encode()):
-            return Reply(HTTPStatus.UNAUTHORIZED, (STATIC / "login.html").read_text()
-                         .replace("<!--error-->", '<p class="error">Wrong token.</p>')
-                         .encode(), CONTENT_TYPES[".html"])
+        if not hmac.compare_digest(sent.encode(), self.token.encode()):
+            self.logins.failed()
+            throttle.log(logging.WARNING, "login-failed", "console login with a wrong token "
+                         "from %s", request.client)
+            return self.login_page(HTTPStatus.UNAUTHORIZED, "Wrong token.")
         sid, _ = self.sessions.create()
         return Reply(HTTPStatus.SEE_OTHER, headers={"Location": "/console/",
                                                     "Set-Cookie": self.cookie(sid)})
+
+    @staticmethod
+    def login_page(status: int, problem: str) -> Reply:
+        html = (STATIC / "login.html").read_text().replace(
+            "<!--error-->", f'<p class="error">{problem}</p>')  # our own fixed text only
+        return Reply(status, html.encode(), CONTENT_TYPES[".html"])
 
     @staticmethod
     def cookie(sid: str) -> str:
@@ -280,7 +358,10 @@ class Console:
         label = data.get("label")
         if label is not None and label not in HUMAN_LABELS:
             raise ValueError(f"label must be one of {', '.join(HUMAN_LABELS)} or null")
-        ids = [int(i) for i in data.get("ids", [])]
+        ids = data.get("ids", [])
+        if not isinstance(ids, list) or len(ids) > MAX_LABEL_IDS or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ValueError(f"ids must be a list of at most {MAX_LABEL_IDS} sample ids")
         store = self.need_store()
         return Reply.json({"changed": store.set_label(ids, label), "counts": store.counts()})
 

@@ -19,23 +19,109 @@ headers checked before decoding, one prediction at a time, one log line per bad 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from ..errors import ConfigError, InputError
+from ..throttle import Throttle
 from ..vision.predict import ImageTooLarge, decode_image, detect_result
 from .config import HttpConfig, http_token
 
 log = logging.getLogger("maskwatch.http")
+throttle = Throttle(log)
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 BACKLOG = 64
+REAPER_TICK_S = 0.25
+MIN_UPLOAD_BYTES_S = 32 * 1024  # an upload slower than this is cut off
+CONSOLE_MAX_BODY = 64 * 1024  # a console POST is a few ids or a login: never megabytes
+
+
+QUERY = re.compile(r"\?[^\s'\"]*")  # a query string, kept out of log lines
+
+
+class Deadline:
+    """One connection's deadline: shut down by the Reaper when `seconds` pass before
+    `cancel()`. A socket timeout only bounds each read; a byte every few seconds never
+    trips it, so without this 16 trickling clients held every slot."""
+
+    def __init__(self, reaper: Reaper, connection: socket.socket, seconds: float) -> None:
+        self.connection, self.seconds, self.expired = connection, seconds, False
+        self.due = time.monotonic() + seconds
+        self.reaper = reaper
+        reaper.add(self)
+
+    def expire(self) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self.reaper.discard(self)
+
+
+class Reaper:
+    """One thread for all deadlines (a timer per connection would double the threads)."""
+
+    def __init__(self) -> None:
+        self._deadlines: set[Deadline] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+        self._thread.start()
+
+    def add(self, deadline: Deadline) -> None:
+        with self._lock:
+            self._deadlines.add(deadline)
+
+    def discard(self, deadline: Deadline) -> None:
+        with self._lock:
+            self._deadlines.discard(deadline)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(REAPER_TICK_S)
+            now = time.monotonic()
+            with self._lock:
+                due = [d for d in self._deadlines if d.due <= now]
+                self._deadlines.difference_update(due)
+            for deadline in due:
+                deadline.expire()
+
+
+class HostNames:
+    """The Host headers this device answers to: any IP address (a browser that typed an
+    address sends it), localhost, this machine's names and `http.allowed_hosts`. Another
+    name means a page of another site whose name was made to resolve here (DNS rebinding):
+    it gets 421, and neither the console nor the API."""
+
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        hostname = socket.gethostname().lower()
+        self.names = {"localhost", hostname, f"{hostname}.local", socket.getfqdn().lower(),
+                      *(name.lower() for name in extra)}
+
+    def allows(self, header: str) -> bool:
+        host = header.strip().lower()
+        if host.startswith("["):  # [::1]:8080
+            host = host[1:host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            return host.rstrip(".") in self.names or host in self.names
 
 
 class AgentView(Protocol):
@@ -98,6 +184,7 @@ class BoundedServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self.connection_timeout = timeout_s
         self.rejected = 0
+        self.reaper = Reaper()
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:
@@ -133,6 +220,7 @@ class HttpEndpoint:
         self.max_pixels = max_image_pixels  # detect.max_image_pixels
         self.agent = agent
         self.token = http_token(settings)
+        self.names = HostNames(settings.allowed_hosts)
         self._predictor = None
         self._predict_slot = threading.Semaphore(1)  # decode + predict: one at a time
         self.console = agent.make_console(self.token) if self.cfg.console else None
@@ -182,10 +270,11 @@ class HttpEndpoint:
             protocol_version = "HTTP/1.0"
 
             def log_message(self, fmt: str, *args) -> None:
-                log.debug("%s %s", self.address_string(), fmt % args)
+                log.debug("%s %s", self.address_string(), (fmt % args).split("?", 1)[0])
 
             def log_error(self, fmt: str, *args) -> None:
-                log.info("bad HTTP request from %s: %s", self.address_string(), fmt % args)
+                throttle.log(logging.INFO, "bad", "bad HTTP request from %s: %s",
+                             self.address_string(), QUERY.sub("?…", fmt % args))
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
@@ -200,7 +289,7 @@ class HttpEndpoint:
             def _error(self, status: int, message: str) -> None:
                 if status >= 400 and status != HTTPStatus.NOT_FOUND:
                     log.info("HTTP %d for %s %s from %s: %s", status, self.command,
-                             self.path[:80], self.address_string(), message)
+                             self._path(), self.address_string(), message)
                 self._json(status, {"error": message})
 
             def _allowed(self) -> bool:
@@ -214,17 +303,33 @@ class HttpEndpoint:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                log.info("HTTP 401 for %s %s from %s", self.command, self.path[:80],
-                         self.address_string())
+                throttle.log(logging.INFO, "401", "HTTP 401 for %s %s from %s", self.command,
+                             self._path(), self.address_string())
                 return False
 
             def handle_one_request(self) -> None:
+                # http.timeout_s bounds each read; this bounds the whole request line and
+                # headers, so that a client trickling a byte at a time cannot hold a slot
+                deadline = Deadline(endpoint.server.reaper, self.connection,
+                                    endpoint.cfg.timeout_s)
+                self.deadline = deadline
                 try:
                     super().handle_one_request()
-                except (socket.timeout, ConnectionError) as exc:
-                    log.info("HTTP connection from %s dropped: %s", self.address_string(),
-                             type(exc).__name__)
+                except (socket.timeout, ConnectionError, OSError) as exc:
+                    throttle.log(logging.INFO, "dropped", "HTTP connection from %s dropped: %s",
+                                 self.address_string(), type(exc).__name__)
                     self.close_connection = True
+                finally:
+                    deadline.cancel()
+                if deadline.expired:
+                    throttle.log(logging.INFO, "slow", "HTTP connection from %s closed: request "
+                                 "not complete within %.0f s", self.address_string(),
+                                 deadline.seconds)
+
+            def parse_request(self) -> bool:
+                parsed = super().parse_request()
+                self.deadline.cancel()  # headers are in: the body has its own deadline
+                return parsed
 
             def _console(self, method: str, body: bytes = b"") -> bool:
                 """Serve the console's paths (True), or leave the request alone."""
@@ -235,11 +340,13 @@ class HttpEndpoint:
 
                 reply = endpoint.console.handle(Request(
                     method, path, parse_qs(query), self.headers, body,
-                    endpoint.token is not None and endpoint.authorised(
-                        self.headers.get("Authorization"))))
+                    endpoint.console.bearer_ok(self.headers.get("Authorization")),
+                    self.address_string()))
                 self.send_response(reply.status)
                 for key, value in reply.headers.items():
                     self.send_header(key, value)
+                self.send_header("Content-Security-Policy", CSP)
+                self.send_header("Referrer-Policy", "no-referrer")
                 self.send_header("Content-Type", reply.content_type)
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.send_header("X-Content-Type-Options", "nosniff")
@@ -248,13 +355,31 @@ class HttpEndpoint:
                 self.wfile.write(reply.body)
                 return True
 
+            def _host_ok(self) -> bool:
+                """False after answering 421: the request names a host that is not this
+                device (a page on another site whose name now resolves here)."""
+                host = self.headers.get("Host")
+                if host is None or endpoint.names.allows(host):
+                    return True
+                self.close_connection = True
+                throttle.log(logging.WARNING, "host", "HTTP 421 for %s %s from %s: Host %r "
+                             "is not one of this device's names (http.allowed_hosts)",
+                             self.command, self._path(), self.address_string(), host[:80])
+                self._json(HTTPStatus.MISDIRECTED_REQUEST,
+                           {"error": "this device does not answer to that host name"})
+                return False
+
+            def _path(self) -> str:
+                """The path for log lines: never the query, which may hold a secret."""
+                return self.path.split("?", 1)[0][:80]
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0]
-                if self._console("GET"):
-                    return
                 if path == "/healthz":
                     ok, report = endpoint.agent.health_report()
                     self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, report)
+                    return
+                if not self._host_ok() or self._console("GET"):
                     return
                 if not self._allowed():
                     return
@@ -277,35 +402,41 @@ class HttpEndpoint:
                 else:
                     self._send(HTTPStatus.OK, jpeg, "image/jpeg")
 
-            def _body(self) -> bytes | None:
+            def _body(self, limit: int, name: str) -> bytes | None:
                 """The request body, or None after answering 411/413."""
                 self.close_connection = True
                 text = self.headers.get("Content-Length", "")
-                if not text.isdigit():
+                if not text.isdigit() or len(text) > 12:
                     self._error(HTTPStatus.LENGTH_REQUIRED,
                                 "a Content-Length of 0 or more bytes is required")
                     return None
-                length, limit = int(text), endpoint.cfg.max_upload_bytes
+                length = int(text)
                 if length > limit:
                     self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                f"upload of {length} bytes exceeds http.max_upload_bytes "
-                                f"({limit})")
+                                f"body of {length} bytes exceeds {name} ({limit})")
                     return None
-                return self.rfile.read(length)
+                body_deadline = Deadline(endpoint.server.reaper, self.connection,
+                                         endpoint.cfg.timeout_s + length / MIN_UPLOAD_BYTES_S)
+                try:
+                    return self.rfile.read(length)
+                finally:
+                    body_deadline.cancel()
 
             def do_POST(self) -> None:  # noqa: N802
                 path = self.path.split("?", 1)[0]
+                if not self._host_ok():
+                    return
                 if endpoint.console is not None and path.startswith("/console"):
-                    body = self._body()
+                    body = self._body(CONSOLE_MAX_BODY, "the console's limit")
                     if body is not None:
                         self._console("POST", body)
                     return
                 if not self._allowed():
                     return
                 if path != "/v1/predict":
-                    self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path[:80]}")
+                    self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {self._path()}")
                     return
-                body = self._body()
+                body = self._body(endpoint.cfg.max_upload_bytes, "http.max_upload_bytes")
                 if body is None:
                     return
                 try:

@@ -62,28 +62,48 @@ async function refreshPeople() {
   } catch (e) { say(`people: ${e.message}`, true); }
 }
 
+// Data goes into the page as text and attributes, never as markup (no innerHTML): a
+// label comes from the model bundle and is not HTML. The console's CSP forbids inline
+// scripts as well.
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgElement(name, attributes, text) {
+  const el = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) el.setAttribute(key, String(value));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
 function drawChart(chart) {
-  const svg = $("chart");
   const labels = Object.keys(chart.series);
   const bins = labels.length ? chart.series[labels[0]].length : 36;
   const totals = Array.from({ length: bins }, (_, i) =>
     labels.reduce((sum, l) => sum + chart.series[l][i], 0));
   const top = Math.max(1, ...totals);
   const width = 360 / bins;
-  const parts = [];
+  const bars = [];
   for (let i = 0; i < bins; i++) {
     let y = 120;
     for (const label of labels) {
       const h = (chart.series[label][i] / top) * 110;
       if (h > 0) {
         y -= h;
-        parts.push(`<rect x="${i * width}" y="${y}" width="${width - 1}" height="${h}" fill="${COLOURS[label] || "#888"}"><title>${label}: ${chart.series[label][i]}</title></rect>`);
+        const rect = svgElement("rect", { x: i * width, y, width: width - 1, height: h,
+          fill: COLOURS[label] || "#888" });
+        rect.append(svgElement("title", {}, `${label}: ${chart.series[label][i]}`));
+        bars.push(rect);
       }
     }
   }
-  svg.innerHTML = parts.join("");
-  $("legend").innerHTML = labels.map((l) =>
-    `<span class="legend-swatch" style="background:${COLOURS[l] || "#888"}"></span>${l}`).join("");
+  $("chart").replaceChildren(...bars);
+  $("legend").replaceChildren(...labels.map((l) => {
+    const item = document.createElement("span");
+    const swatch = document.createElement("span");
+    swatch.className = "legend-swatch";
+    swatch.style.background = COLOURS[l] || "#888";
+    item.append(swatch, document.createTextNode(l));
+    return item;
+  }));
 }
 
 async function loadSamples() {
@@ -159,14 +179,25 @@ document.addEventListener("keydown", async (event) => {
 });
 
 function metricRows(report) {
-  const row = (name, b, a) => `<tr><th>${name}</th><td>${b}</td><td>${a}</td></tr>`;
+  const row = (name, before, after) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.textContent = name;
+    tr.append(th);
+    for (const value of [before, after]) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.append(td);
+    }
+    return tr;
+  };
   const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(1)} %`);
   const after = report.after.site ? report.after : { site: {}, anchors: {} };
   return [
     row("site balanced accuracy", pct(report.before.site.balanced_accuracy), pct(after.site.balanced_accuracy)),
     row("site no-mask recall", pct(report.before.site.no_mask_recall), pct(after.site.no_mask_recall)),
     row("anchors accuracy", pct(report.before.anchors.accuracy), pct(after.anchors.accuracy)),
-  ].join("");
+  ];
 }
 
 async function adapt(accept) {
@@ -175,7 +206,7 @@ async function adapt(accept) {
     const report = await api("/console/api/adapt", { accept });
     $("adapt-result").hidden = false;
     $("adapt-summary").textContent = report.reason;
-    $("adapt-table").innerHTML = metricRows(report);
+    $("adapt-table").replaceChildren(...metricRows(report));
     $("accept").hidden = accept || !report.accepted;
     say(report.installed ? `site head ${report.head} installed` :
       report.accepted ? "Better on this site: accept it?" : "The current head stays.");

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Per-device certificates for a maskwatch fleet (deploy/mosquitto/fleet-certs.conf).
+#   deploy/provision-device.sh ca DIR               make a fleet CA in DIR (once; keep DIR safe)
+#   deploy/provision-device.sh issue DIR DEVICE_ID  a certificate for one device (CN = DEVICE_ID)
+#   deploy/provision-device.sh install DIR DEVICE_ID [ROOT]
+#                                                   copy it to ROOT/etc/maskwatch/tls (run on
+#                                                   the device, or with ROOT a mounted SD card)
+# The CN is the MQTT user name the broker's ACL sees (maskwatch/%u/#), so each device can
+# publish only its own topics; set device_id to the same name in its config.yaml.
+set -euo pipefail
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 2 ] || usage
+command -v openssl >/dev/null || { echo "provision-device: openssl is needed" >&2; exit 69; }
+cmd=$1 dir=$2
+
+valid_id() {
+  [[ $1 =~ ^[A-Za-z0-9_-]{1,64}$ ]] || {
+    echo "provision-device: device id '$1' must be 1-64 of A-Z a-z 0-9 _ -" >&2; exit 2; }
+}
+
+case "$cmd" in
+  ca)
+    mkdir -p "$dir" && chmod 700 "$dir"
+    if [ -e "$dir/ca.key" ]; then echo "provision-device: $dir/ca.key exists; keeping it" >&2
+    else
+      openssl req -x509 -newkey rsa:3072 -nodes -days 3650 -subj "/CN=maskwatch fleet CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+      chmod 600 "$dir/ca.key"
+    fi
+    echo "CA: $dir/ca.crt (copy it to the broker's cafile; ca.key never leaves $dir)";;
+  issue)
+    [ $# -eq 3 ] || usage
+    valid_id "$3"
+    [ -e "$dir/ca.key" ] || { echo "provision-device: no CA in $dir (run: $0 ca $dir)" >&2; exit 66; }
+    out="$dir/devices/$3"; mkdir -p "$out" && chmod 700 "$out"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$3" -keyout "$out/device.key" \
+      -out "$out/device.csr" 2>/dev/null
+    openssl x509 -req -in "$out/device.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+      -CAcreateserial -days 825 -out "$out/device.crt" 2>/dev/null
+    chmod 600 "$out/device.key"; rm -f "$out/device.csr"
+    echo "device $3: $out/device.crt";;
+  install)
+    [ $# -ge 3 ] || usage
+    valid_id "$3"
+    src="$dir/devices/$3" root=${4:-}
+    [ -e "$src/device.crt" ] || { echo "provision-device: $3 not issued (run: $0 issue $dir $3)" >&2; exit 66; }
+    dest="$root/etc/maskwatch/tls"; mkdir -p "$dest"
+    install -m 644 "$dir/ca.crt" "$dest/ca.crt"
+    install -m 644 "$src/device.crt" "$dest/device.crt"
+    install -m 600 "$src/device.key" "$dest/device.key"
+    if id maskwatch >/dev/null 2>&1 && [ -z "$root" ]; then chown maskwatch "$dest/device.key"; fi
+    cat > "$dest/mqtt-tls.yaml" <<YAML
+# merge into /etc/maskwatch/config.yaml (device $3)
+device_id: $3
+mqtt:
+  port: 8884
+  require_tls: true
+  tls: {enabled: true, ca_file: /etc/maskwatch/tls/ca.crt, cert_file: /etc/maskwatch/tls/device.crt, key_file: /etc/maskwatch/tls/device.key}
+YAML
+    echo "installed in $dest (settings to merge: $dest/mqtt-tls.yaml)";;
+  *) usage;;
+esac
