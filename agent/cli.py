@@ -137,11 +137,18 @@ def cmd_models_fetch(args) -> int:
     return 0
 
 
+def share_group_arg(text: str) -> str:
+    if not text or any(c in text for c in "/+#") or len(text) > 64:
+        raise argparse.ArgumentTypeError("a group name without / + # (at most 64 characters)")
+    return text
+
+
 def cmd_watch(args) -> int:
     from .delivery.watch import watch
 
     cfg = load_config(args)
-    return watch(cfg.mqtt, count=args.count, timeout=args.timeout, as_json=args.json)
+    return watch(cfg.mqtt, count=args.count, timeout=args.timeout, as_json=args.json,
+                 share=args.share)
 
 
 def bench_modes_arg(text: str) -> list[str]:
@@ -178,6 +185,13 @@ def cmd_bench_track(args) -> int:
     from .bench.tracking import bench_tracking
 
     return bench_tracking(load_config(args), Path(args.voc), Path(args.video), args.out)
+
+
+def cmd_bench_fleet(args) -> int:
+    from .bench.fleet import bench_fleet
+
+    return bench_fleet(args.scenario, args.devices, args.rate, args.seconds, args.outage,
+                       args.out)
 
 
 def cmd_bench_classify(args) -> int:
@@ -323,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, help="exit after this many events")
     p.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
     p.add_argument("--json", action="store_true", help="print raw event JSON")
+    p.add_argument("--share", metavar="GROUP", type=share_group_arg,
+                   help="join the shared subscription $share/GROUP (members split the "
+                   "stream: each sees gaps by design)")
     p.set_defaults(func=cmd_watch)
 
     samples = sub.add_parser("samples", help="face crops collected for site adaptation "
@@ -388,6 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="a street clip: the background, and the people counts")
     p.add_argument("--out", default="bench/tracking.json")
     p.set_defaults(func=cmd_bench_track)
+
+    p = sub.add_parser("bench-fleet", help="simulated devices (the agent's own outbox and "
+                       "publisher) on a real broker through a fault: node-kill (3-node NATS "
+                       "cluster, the devices' node SIGKILLed) or consumer-outage (Mosquitto)")
+    p.add_argument("--scenario", choices=("node-kill", "consumer-outage"), default="node-kill")
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--rate", type=float, default=1.0, help="events per second per device")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long the devices publish")
+    p.add_argument("--outage", type=float, default=10.0, help="seconds the node or consumer "
+                   "is away")
+    p.add_argument("--out", default="bench/fleet.json")
+    p.set_defaults(func=cmd_bench_fleet)
 
     p = sub.add_parser("bench-classify", help="per-face int8 latency of model bundles")
     common(p)

@@ -17,6 +17,7 @@ each receives its own section.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from .delivery.config import (
     MqttConfig,
     OutboxConfig,
     TlsConfig,
+    broker_addresses,
     mqtt_password,
     read_password_file,
 )
@@ -299,6 +301,10 @@ def _check_cross_fields(cfg: Config) -> None:
     if mqtt.password_env and mqtt.password_env not in os.environ:
         raise fail("mqtt.password_env", f"environment variable {mqtt.password_env} "
                     "is not set")
+    for host, port in broker_addresses(mqtt):
+        if not 1 <= port <= 65535 or not host:
+            raise fail("mqtt.hosts", f"{host or '(no host)'}:{port} is not a host and a port "
+                       "from 1 to 65535")
     if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
         raise fail("mqtt.reconnect_max_s", "must be at least mqtt.reconnect_min_s")
     if cfg.source.retry_max_s < cfg.source.retry_initial_s:
@@ -482,8 +488,36 @@ def resolve(cfg: Config) -> Config:
     state_dir = cfg.state_dir or str(default_state_dir())
     outbox = dataclasses.replace(
         cfg.outbox, path=cfg.outbox.path or str(Path(state_dir) / "outbox.sqlite3"))
-    mqtt = dataclasses.replace(cfg.mqtt, client_id=cfg.mqtt.client_id or f"maskwatch-{device_id}")
+    mqtt = dataclasses.replace(cfg.mqtt, client_id=cfg.mqtt.client_id or default_client_id(
+        device_id, machine_fingerprint()))
     return cfg.replace(device_id=device_id, state_dir=state_dir, outbox=outbox, mqtt=mqtt)
+
+
+MACHINE_FILES = ("/sys/firmware/devicetree/base/serial-number",  # a Pi's board serial
+                 "/etc/machine-id", "/var/lib/dbus/machine-id")
+DEFAULT_HOSTNAMES = {"raspberrypi", "localhost", "debian", "ubuntu", "maskwatch"}
+
+
+def machine_fingerprint(files: tuple[str, ...] = MACHINE_FILES) -> str:
+    """8 hex digits that tell this machine from any other, stable across reboots: the
+    board serial (differs between two Pis booted from one cloned card) and the machine
+    id, hashed (neither is shown). "" where neither can be read."""
+    parts = []
+    for name in files:
+        try:
+            parts.append(Path(name).read_bytes()[:256].strip(b"\0\n "))
+        except OSError:
+            continue
+    if not any(parts):
+        return ""
+    return hashlib.sha256(b"|".join(parts)).hexdigest()[:8]
+
+
+def default_client_id(device_id: str, fingerprint: str) -> str:
+    """maskwatch-<device_id>-<fingerprint>: two devices that share a device_id (one SD card
+    image, one host name) still have two sessions, so they do not knock each other off the
+    broker; the device_id in the topics is what an operator must make unique."""
+    return f"maskwatch-{device_id}-{fingerprint}" if fingerprint else f"maskwatch-{device_id}"
 
 
 def redacted(cfg: Config) -> dict:

@@ -20,6 +20,9 @@ class DeliveryView(Protocol):
     refusing: bool  # the broker refuses our publishes (MQTT 5 reason code, e.g. its ACL)
     refused: int
 
+    @property
+    def broker(self) -> str: ...  # host:port in use or being tried
+
     def is_connected(self) -> bool: ...
 
 
@@ -84,6 +87,7 @@ class Health:
             "source": self.source,
             "source_error": self.source_error,
             "broker_connected": delivery.is_connected(),
+            "broker": delivery.broker,
             "broker_error": delivery.last_error,
             "status": self.status(outbox, delivery),
             "events_refused": delivery.refused,
@@ -96,5 +100,6 @@ class Health:
         return self.source == "ok" and broker_ok, {
             "status": self.status(outbox, delivery), "source": self.source,
             "source_error": self.source_error, "broker_connected": broker_ok,
+            "broker": delivery.broker,
             "broker_error": delivery.last_error, "outbox_error": outbox.error,
         }

@@ -18,7 +18,7 @@ from typing import Callable
 
 import cv2
 
-from .config import Config
+from .config import DEFAULT_HOSTNAMES, Config
 from .delivery.config import mqtt_password
 from .delivery.discovery import Announcer
 from .delivery.outbox import ResilientOutbox
@@ -184,7 +184,12 @@ class Agent:
                             wall_clock(track.last_seen, self._live, self._clock_offset),
                             wall_clock(track.first_seen, self._live, self._clock_offset))
         was_degraded = self.outbox.degraded
-        self.publisher.queue(self.topics.events, encode(event))
+
+        def numbered(seq: int) -> bytes:
+            event["seq"] = seq  # this device's event number: a consumer checks for gaps
+            return encode(event)
+
+        self.publisher.queue_numbered(self.topics.events, numbered)
         if transition.kind in ("new", "update") and event["label"] == NO_MASK:
             self.publisher.queue(self.topics.unmasked, "ON")
         if self.outbox.degraded != was_degraded:
@@ -228,6 +233,11 @@ class Agent:
             self.publisher.start()
         if self.http is not None:
             self.http.start()
+        if self.publish and self.cfg.device_id in DEFAULT_HOSTNAMES:
+            log.warning("device_id is %r, a default host name: on a fleet every device "
+                        "needs its own (set device_id in the config), or their events, counts "
+                        "and Home Assistant entities merge into one device",
+                        self.cfg.device_id)
         self.notifier.ready(f"{self.status_text()}; source {hide_credentials(uri)}")
         started = time.monotonic()
         try:

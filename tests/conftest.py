@@ -205,49 +205,15 @@ def make_broker(tmp_path):
         b.stop()
 
 
-class NatsBroker:
-    """A real nats-server with JetStream and its MQTT listener (MQTT 3.1.1 only) on
-    loopback ports; `port` is the MQTT one."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.binary = need_tool("nats-server", "the NATS broker (Debian: nats-server)")
-        self.port, self.client_port = free_port(), free_port()
-        self.conf = workdir / f"nats-{self.port}.conf"
-        store = workdir / f"nats-{self.port}-js"
-        self.conf.write_text(f"listen: 127.0.0.1:{self.client_port}\nserver_name: mw{self.port}\n"
-                             f"jetstream {{ store_dir: {store} }}\n"
-                             f"mqtt {{ listen: 127.0.0.1:{self.port} }}\n")
-        self.log = workdir / f"nats-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> NatsBroker:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the MQTT port answers once JetStream is up
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"nats-server exited: {self.log.read_text()[-500:]}"
-                                       ) from None
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
 def nats_broker(tmp_path):
-    b = NatsBroker(tmp_path).start()
-    yield b
-    b.stop()
+    """One nats-server with JetStream and MQTT (3.1.1 only), as the fleet bench runs it."""
+    need_tool("nats-server", "the NATS broker (Debian: nats-server)")
+    from maskwatch.agent.bench.brokers import NatsCluster
+
+    cluster = NatsCluster(tmp_path, size=1).start()
+    yield cluster.nodes[0]
+    cluster.stop()
 
 
 def agent_command(*args: str) -> list[str]:

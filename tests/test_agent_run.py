@@ -42,6 +42,7 @@ def test_street_video_delivers_schema_valid_events(broker, state_dir, street_vid
     # every person gets exactly one `new` and one `end`
     assert sorted(e["track_id"] for e in news) == sorted(e["track_id"] for e in ends)
     assert len({e["id"] for e in events}) == len(events)
+    assert sorted(e["seq"] for e in events) == list(range(1, len(events) + 1))  # no gap
     labels = {e["label"] for e in news}
     assert {"with_mask", "without_mask"} <= labels
     assert all(e["frame_size"] == [538, 372] for e in events)
@@ -54,9 +55,7 @@ def test_watch_prints_events_and_skips_garbage(broker, state_dir, street_video, 
         "watch", "--count", "3", "--json", "--timeout", "90", "--set", f"mqtt.port={broker.port}",
         "--set", "mqtt.host=127.0.0.1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    import time
-
-    time.sleep(1.0)
+    assert "watch: subscribed" in watcher.stderr.readline()  # a readiness line, not a sleep
     mqtt_publish.single("maskwatch/door2/events", "{not json", hostname="127.0.0.1",
                         port=broker.port)
     result = run_agent(tmp_path, broker.port, street_video, "--set",
@@ -68,3 +67,4 @@ def test_watch_prints_events_and_skips_garbage(broker, state_dir, street_video, 
     events = [json.loads(line) for line in out.splitlines()]
     assert len(events) == 3 and all(e["device_id"] == "door2" for e in events)
     assert "skipping message" in err
+    assert "watch: door2: 3 events up to seq 3, 0 missing, 0 duplicates" in err

@@ -28,7 +28,23 @@ def test_overrides_parse_yaml_scalars():
     assert cfg.mqtt.port == 1884
     assert cfg.detect.roi == (0.0, 0.2, 1.0, 0.5)
     assert cfg.mqtt.tls.insecure is True
-    assert cfg.mqtt.client_id == "maskwatch-door-2"
+    assert cfg.mqtt.client_id == config.default_client_id("door-2", config.machine_fingerprint())
+    assert cfg.mqtt.client_id.startswith("maskwatch-door-2")
+
+
+def test_two_machines_with_one_device_id_get_two_client_ids(tmp_path):
+    """A cloned SD card: same host name, same machine id, another board serial."""
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    ids = set()
+    for serial in ("10000000a1b2c3d4", "10000000e5f6a7b8"):
+        board = tmp_path / f"serial-{serial}"
+        board.write_bytes(serial.encode() + b"\0")
+        fingerprint = config.machine_fingerprint((str(board), str(machine_id)))
+        assert fingerprint == config.machine_fingerprint((str(board), str(machine_id)))
+        ids.add(config.default_client_id("raspberrypi", fingerprint))
+    assert len(ids) == 2 and all(i.startswith("maskwatch-raspberrypi-") for i in ids)
+    assert config.default_client_id("door", "") == "maskwatch-door"
 
 
 def test_state_dir_from_systemd(monkeypatch):

@@ -22,8 +22,13 @@ class TlsConfig:
 class MqttConfig:
     host: str = setting("localhost", "host", "broker host name or address")
     port: int = setting(1883, "int", "broker port", low=1, high=65535)
-    client_id: str | None = setting(None, "str", "MQTT client id; null: maskwatch-<device_id>",
-                                    nullable=True)
+    hosts: tuple[str, ...] = setting((), "hosts", "the nodes of one broker cluster, as "
+                                     "host or host:port (port: mqtt.port); when set, used "
+                                     "instead of host, tried in turn on failure (a host "
+                                     "name resolving to several addresses works too)")
+    client_id: str | None = setting(None, "str", "MQTT client id; null: maskwatch-<device_id>-"
+                                    "<8 hex digits of this machine's id> (unique even for "
+                                    "two devices cloned from one SD card)", nullable=True)
     topic_prefix: str = setting("maskwatch", "str", "topics are <prefix>/<device_id>/...",
                                 pattern=r"^[^#+\s]+$")
     keepalive: int = setting(30, "int", "keepalive seconds", low=5, high=3600)
@@ -49,7 +54,10 @@ class MqttConfig:
     tls: TlsConfig = section(TlsConfig)
     stats_interval_s: float = setting(30.0, "float", "seconds between stats messages", low=1,
                                       high=86400)
-    reconnect_min_s: float = setting(1.0, "float", "first reconnect delay", low=0.1, high=600)
+    reconnect_min_s: float = setting(1.0, "float", "first reconnect delay (after every broker "
+                                     "of mqtt.hosts was tried once; each delay is jittered "
+                                     "so a fleet does not reconnect in step)", low=0.1,
+                                     high=600)
     reconnect_max_s: float = setting(60.0, "float", "longest reconnect delay", low=0.1,
                                      high=3600)
 
@@ -70,6 +78,22 @@ class HomeAssistantConfig:
                                     pattern=r"^[^#+\s]+$")
     off_delay_s: int = setting(30, "int", "unmasked-person sensor turns off after this long",
                                low=1, high=86400)
+
+
+def broker_addresses(mqtt: MqttConfig) -> list[tuple[str, int]]:
+    """(host, port) of each broker to try, in order: mqtt.hosts, else mqtt.host."""
+    if not mqtt.hosts:
+        return [(mqtt.host, mqtt.port)]
+    found = []
+    for entry in mqtt.hosts:
+        bare_ipv6 = entry.count(":") > 1 and not entry.startswith("[")
+        host, sep, port = ("", "", "") if bare_ipv6 or entry.endswith("]") else \
+            entry.rpartition(":")
+        if sep and port.isdigit():
+            found.append((host.strip("[]"), int(port)))
+        else:
+            found.append((entry.strip("[]"), mqtt.port))
+    return found
 
 
 def read_password_file(path: str) -> str:

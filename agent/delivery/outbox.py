@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import StateError
 from ..throttle import Throttle
@@ -31,6 +32,7 @@ log = logging.getLogger("maskwatch.outbox")
 throttle = Throttle(log)
 
 MEMORY = ":memory:"
+NUMBERED = "events"  # the counter behind each event's `seq`
 WRITE_WAIT_S = 0.2  # longest a locked database may hold up the frame loop
 RETRY_DISK_S = 5.0  # how often a degraded outbox tries the disk again
 
@@ -87,7 +89,8 @@ class Outbox:
         over the bounds. Returns its seq; StateError when it cannot be written."""
         return self.put_many([(seq, topic, payload, qos, retain)])[-1]
 
-    def put_many(self, rows: list[tuple[int | None, str, bytes, int, bool]]) -> list[int]:
+    def put_many(self, rows: list[tuple[int | None, str, bytes, int, bool]],
+                 counters: dict[str, int] | None = None) -> list[int]:
         """Store several messages in one transaction (all or none)."""
         with self._lock:
             try:
@@ -99,6 +102,10 @@ class Outbox:
                         "VALUES (?, ?, ?, ?, ?)", (seq, topic, payload, qos, int(retain)))
                     seqs.append(int(cur.lastrowid))
                     self._bytes += len(payload)
+                for name, value in (counters or {}).items():  # in the same transaction
+                    self._db.execute(
+                        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) "
+                        "DO UPDATE SET value = MAX(value, excluded.value)", (name, value))
                 dropped = self._enforce_bounds()
                 if dropped:
                     self._db.execute(
@@ -169,6 +176,13 @@ class Outbox:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
+    def counter(self, name: str) -> int:
+        """A number kept with the messages (e.g. the last event number given out)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = ?",
+                                   (name,)).fetchone()
+        return int(row[0]) if row else 0
+
     def dropped(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
@@ -197,11 +211,13 @@ class ResilientOutbox:
         self._disk: Outbox | None = None
         self._memory: Outbox | None = None
         self._seq = 0
+        self._numbers: dict[str, int] = {}  # e.g. "events": the last event number given out
         self._next_retry = 0.0
         self._delete_later: set[int] = set()  # acknowledged, but the disk refused the delete
         try:
             self._disk = Outbox(path, max_events, max_bytes)
             self._seq = self._disk.last_seq()
+            self._numbers = {NUMBERED: self._disk.counter(NUMBERED)}
         except StateError as exc:
             self._degrade(str(exc))
 
@@ -221,18 +237,34 @@ class ResilientOutbox:
         """Queue a message: on disk when possible, else in memory. Never raises for disk
         trouble; the seq is always higher than any given out before."""
         with self._lock:
-            self.maintain()
-            seq = self._seq + 1
-            if self._memory is None:
-                assert self._disk is not None
-                try:
-                    self._seq = self._disk.put(topic, payload, qos, retain, seq=seq)
-                    return self._seq
-                except StateError as exc:
-                    self._degrade(str(exc))
-            assert self._memory is not None
-            self._seq = self._memory.put(topic, payload, qos, retain, seq=seq)
-            return self._seq
+            return self._put(topic, payload, qos, retain, None)
+
+    def put_numbered(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int:
+        """Queue the message `build(n)`, n the next event number: 1, 2, 3, ... across
+        restarts and disk faults, stored with the message in one transaction, so a
+        consumer that sees a number missing knows an event is missing (the outbox seq
+        also counts alerts and cannot tell). Returns n."""
+        with self._lock:
+            number = self._numbers.get(NUMBERED, 0) + 1
+            self._put(topic, build(number), qos, False, {NUMBERED: number})
+            self._numbers[NUMBERED] = number
+            return number
+
+    def _put(self, topic: str, payload: bytes, qos: int, retain: bool,
+             counters: dict[str, int] | None) -> int:
+        self.maintain()
+        seq = self._seq + 1
+        row = [(seq, topic, payload, qos, retain)]
+        if self._memory is None:
+            assert self._disk is not None
+            try:
+                self._seq = self._disk.put_many(row, counters)[-1]
+                return self._seq
+            except StateError as exc:
+                self._degrade(str(exc))
+        assert self._memory is not None
+        self._seq = self._memory.put_many(row, counters)[-1]
+        return self._seq
 
     def maintain(self) -> bool:
         """Now and then (every `retry_s`) retry the deletes the disk refused and, while
@@ -251,10 +283,12 @@ class ResilientOutbox:
                 if self._disk is None:
                     self._disk = Outbox(self.path, self.max_events, self.max_bytes)
                     self._seq = max(self._seq, self._disk.last_seq())
+                    self._numbers[NUMBERED] = max(self._numbers.get(NUMBERED, 0),
+                                                  self._disk.counter(NUMBERED))
                 moving = self._memory.pending(after=0, limit=self.max_events)
                 if moving:
                     self._disk.put_many([(m.seq, m.topic, m.payload, m.qos, m.retain)
-                                         for m in moving])
+                                         for m in moving], dict(self._numbers))
             except StateError as exc:
                 self.error = str(exc)
                 return False

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import socket
 import ssl
 import threading
 import time
+import zlib
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 
 from ..throttle import Throttle
-from .config import MqttConfig, TlsConfig
+from .config import MqttConfig, TlsConfig, broker_addresses
 from .mqtt_client import (
     V5,
     V311,
@@ -47,6 +49,8 @@ log = logging.getLogger("maskwatch.publish")
 throttle = Throttle(log)
 
 IN_FLIGHT = 20
+SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client took our client id
+SHORT_SESSION_S = 5.0
 REFUSED_RETRY_S = 60.0  # a refused event is offered again this often
 AUTH_FAILURES = {"Bad user name or password", "Not authorized"}
 
@@ -71,6 +75,17 @@ def diagnose_connect(host: str, port: int, tls: TlsConfig | None, timeout: float
         return exc.strerror or str(exc)
 
 
+def backoff_s(attempt: int, brokers: int, min_s: float, max_s: float,
+              jitter: random.Random) -> float:
+    """Seconds before attempt `attempt` (1 = the first retry): within the first round of
+    `brokers` a fraction of min_s, then min_s doubling per round up to max_s, with
+    "equal jitter" (half fixed, half random) so retries spread instead of piling up."""
+    if attempt < brokers:
+        return jitter.uniform(0.05, 0.5) * min_s
+    ceiling = min(max_s, min_s * 2 ** ((attempt - brokers) // max(1, brokers)))
+    return ceiling / 2 + jitter.uniform(0, ceiling / 2)
+
+
 def disconnect_reason(flags, reason_code) -> str:
     """What happened, in words: paho reports a closed socket as "Unspecified error"."""
     from_server = getattr(flags, "is_disconnect_packet_from_server", False)
@@ -88,7 +103,12 @@ class Publisher:
         self.topics = topics
         self.outbox = outbox
         self.settings, self.password = settings, password
-        self.host, self.port, self.keepalive = settings.host, settings.port, settings.keepalive
+        self.brokers = broker_addresses(settings)  # one logical cluster, tried in turn
+        self._broker = 0
+        self.host, self.port = self.brokers[0]
+        self.keepalive = settings.keepalive
+        self._attempts = 0  # failed attempts since the last connection
+        self._jitter = random.Random(zlib.crc32((settings.client_id or "").encode()))
         self.protocol = first_protocol(settings)
         self.refused = 0  # events the broker refused (each time it refused them)
         self.refusing = False  # the latest answer to a publish was a refusal
@@ -96,6 +116,9 @@ class Publisher:
         self._retry_refused_at: float | None = None
         self._fallback = False  # the broker refused MQTT 5: the pump switches to 3.1.1
         self._connecting_since: float | None = None
+        self._connected_at = 0.0
+        self._short_sessions: list[float] = []
+        self.takeovers = 0  # times the broker kept ending our session (a shared identity)
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.published = 0
@@ -117,9 +140,9 @@ class Publisher:
         client = make_client(m, m.client_id, self.password, persistent_session=True,
                              protocol=self.protocol)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
-        # paho computes its backoff in float seconds: sub-second delays are kept as given
-        client.reconnect_delay_set(min_delay=m.reconnect_min_s,  # type: ignore[arg-type]
-                                   max_delay=m.reconnect_max_s)  # type: ignore[arg-type]
+        # the first retry; each later one is set by _next_attempt (rotation, jitter)
+        first = self._jitter.uniform(0.5, 1.0) * m.reconnect_min_s
+        client.reconnect_delay_set(min_delay=first, max_delay=first)  # type: ignore[arg-type]
         client.max_inflight_messages_set(IN_FLIGHT)
         client.connect_timeout = m.connect_timeout_s
         client.max_queued_messages_set(0)
@@ -141,6 +164,27 @@ class Publisher:
         self._client.connect_async(self.host, self.port, self.keepalive,
                                    **connect_args(self.settings, self.protocol, True))
         self._client.loop_start()
+
+    @property
+    def broker(self) -> str:
+        """The broker in use (or being tried), host:port, for logs, stats and /healthz."""
+        return f"{self.host}:{self.port}"
+
+    def _next_attempt(self) -> None:
+        """Network thread, after a failed or lost connection: move to the next broker of
+        mqtt.hosts and set when to try it. A whole round of the list is tried quickly
+        (a node is down: the next one is up); then the delay doubles up to
+        reconnect_max_s, each one jittered and offset per device, so that a thousand
+        devices that lost their broker at once do not knock on the next one in step."""
+        self._attempts += 1
+        if len(self.brokers) > 1:
+            self._broker = (self._broker + 1) % len(self.brokers)
+            self.host, self.port = self.brokers[self._broker]
+            self._client.connect_async(self.host, self.port, self.keepalive,
+                                       **connect_args(self.settings, self.protocol, True))
+        delay = backoff_s(self._attempts, len(self.brokers), self.settings.reconnect_min_s,
+                          self.settings.reconnect_max_s, self._jitter)
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore
 
     def _fall_back_to_311(self) -> None:
         """Pump thread: the broker speaks MQTT 3.1.1 only. A new client, same session."""
@@ -190,6 +234,13 @@ class Publisher:
         seq = self.outbox.put(topic, data, qos=qos)
         self.wake()
         return seq
+
+    def queue_numbered(self, topic: str, build: Callable[[int], bytes]) -> int:
+        """Queue `build(n)` through the outbox, n this device's next event number (the
+        event's `seq`: consumers check it for gaps). Returns n."""
+        number = self.outbox.put_numbered(topic, build)
+        self.wake()
+        return number
 
     def set_status(self, status: str) -> None:
         """Retained device status; re-sent on every connect."""
@@ -338,6 +389,8 @@ class Publisher:
             return
         self.last_error = None
         self.ever_connected = True
+        self._attempts = 0
+        self._connected_at = time.monotonic()
         log.info("connected to MQTT broker %s:%s (MQTT %s)", self.host, self.port,
                  "5" if self.protocol == V5 else "3.1.1")
         client.publish(self.topics.status, self._status, qos=1, retain=True)
@@ -358,17 +411,42 @@ class Publisher:
         self._connecting_since = time.monotonic()
 
     def _on_connect_fail(self, client, userdata) -> None:
-        reason = diagnose_connect(self.host, self.port, self._tls)
+        reason = diagnose_connect(self.host, self.port, self._tls,
+                                  timeout=min(5.0, self.settings.connect_timeout_s))
         self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}: {reason}"
-        log.warning("%s; retrying with backoff", self.last_error)
+        throttle.log(logging.WARNING, f"fail {self.broker}", "%s; retrying with backoff",
+                     self.last_error)
+        if not self._stopping:
+            self._next_attempt()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected and not self._stopping:
+        if self._stopping:
+            return
+        if was_connected:
             why = disconnect_reason(flags, reason_code)
-            self.last_error = f"disconnected from MQTT broker: {why}"
+            self.last_error = f"disconnected from MQTT broker {self.broker}: {why}"
             log.warning("%s; events are kept in the outbox", self.last_error)
+            self._watch_takeovers(reason_code)
+        if not self._fallback:  # the same broker again, in MQTT 3.1.1 (the pump switches)
+            self._next_attempt()
+
+    def _watch_takeovers(self, reason_code) -> None:
+        """Two devices with one client id (a cloned SD card) knock each other off the
+        broker about once a second: MQTT 5 says "Session taken over"; 3.1.1 just closes
+        sessions moments after they open. Three such ends in a minute are said, loudly."""
+        now = time.monotonic()
+        short = now - self._connected_at < SHORT_SESSION_S
+        if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or short:
+            self._short_sessions = [t for t in self._short_sessions if now - t < 60] + [now]
+        if len(self._short_sessions) >= 3:
+            self.takeovers += 1
+            throttle.log(logging.ERROR, "takeover", "the MQTT broker keeps ending this "
+                         "device's session (%d times in a minute): another client uses the "
+                         "client id %s. Two devices from one SD card image? Give each its own "
+                         "device_id (README, Fleets)", len(self._short_sessions),
+                         self.settings.client_id)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # paho marks the message published after this returns, so a refusal recorded here

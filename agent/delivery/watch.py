@@ -1,7 +1,12 @@
 """`mask-agent watch`: subscribe to the events of every device and print a live tally.
 
 A small, strict subscriber: payloads that are not valid events (bad JSON, wrong schema,
-oversized) are skipped with a log line, never crash the watcher.
+oversized) are skipped with a log line, never crash the watcher. It checks each device's
+stream by the events' `seq` (1, 2, 3, ... per device): a number skipped is a lost event
+(a gap), a number seen again a redelivered duplicate, a lower one than the last arrived
+out of order; the counts per device are printed at the end. `--share GROUP` joins an MQTT
+5 shared subscription (`$share/GROUP/...`): the group's members split the stream, so each
+one sees gaps by design, and only the members' reports together tell.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import logging
 import queue
 import ssl
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
@@ -23,6 +30,7 @@ from .topics import all_devices
 
 log = logging.getLogger("maskwatch.watch")
 MAX_PAYLOAD = 64 * 1024
+MAX_SEEN = 100_000
 EVENT_KEYS = {"id", "type", "device_id", "track_id", "label"}
 
 
@@ -35,13 +43,45 @@ def parse_event(payload: bytes) -> dict:
     return event
 
 
-def connect(m: MqttConfig, on_message) -> mqtt.Client:
+@dataclass
+class StreamCheck:
+    """Gaps, duplicates and reordering in one device's event numbers."""
+
+    last: int = 0
+    seen: set[int] = field(default_factory=set)
+    gaps: int = 0  # numbers never seen (so far) between the lowest and the highest
+    duplicates: int = 0
+    reordered: int = 0
+
+    def add(self, seq: int) -> None:
+        if seq in self.seen:
+            self.duplicates += 1
+            return
+        if self.last and seq < self.last:
+            self.reordered += 1
+            self.gaps -= 1  # it fills a gap counted before
+        elif self.last and seq > self.last + 1:
+            self.gaps += seq - self.last - 1
+        self.seen.add(seq)
+        if len(self.seen) > MAX_SEEN:  # bounded memory on a long watch
+            self.seen = set(sorted(self.seen)[-MAX_SEEN // 2:])
+        self.last = max(self.last, seq)
+
+    def summary(self) -> str:
+        return (f"{len(self.seen)} events up to seq {self.last}, {self.gaps} missing, "
+                f"{self.duplicates} duplicates, {self.reordered} out of order")
+
+
+def connect(m: MqttConfig, on_message, share: str | None = None,
+            on_ready=None) -> mqtt.Client:
     # 3.1.1 unless v5 is asked for: a subscriber needs nothing of v5, every broker speaks it
     client = make_client(m, f"{m.client_id}-watch", mqtt_password(m), persistent_session=False,
                          protocol=V5 if m.protocol == V5 else V311)
+    events = all_devices(m.topic_prefix, "events")
     client.on_connect = lambda c, *a: (
-        c.subscribe(all_devices(m.topic_prefix, "events"), qos=1),
+        c.subscribe(f"$share/{share}/{events}" if share else events, qos=1),
         c.subscribe(all_devices(m.topic_prefix, "status"), qos=1))
+    client.on_subscribe = lambda *a: on_ready and on_ready()
     client.on_message = on_message
     try:
         client.connect(m.host, m.port, m.keepalive)
@@ -50,9 +90,19 @@ def connect(m: MqttConfig, on_message) -> mqtt.Client:
     return client
 
 
-def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: bool = False) -> int:
+def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: bool = False,
+          share: str | None = None) -> int:
     inbox: queue.Queue = queue.Queue()
-    client = connect(settings, lambda c, u, msg: inbox.put((msg.topic, msg.payload)))
+    ready = threading.Event()
+
+    def subscribed() -> None:
+        if not ready.is_set():
+            ready.set()
+            print("watch: subscribed", file=sys.stderr, flush=True)  # for scripts to wait on
+
+    client = connect(settings, lambda c, u, msg: inbox.put((msg.topic, msg.payload)), share,
+                     subscribed)
+    streams: dict[str, StreamCheck] = defaultdict(StreamCheck)
     client.loop_start()
     tally: dict[str, Counter] = defaultdict(Counter)
     seen: set[str] = set()
@@ -77,6 +127,8 @@ def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: boo
                 log.warning("skipping message on %s: %s", topic, exc)
                 print(f"skipping message on {topic}: {exc}", file=sys.stderr)
                 continue
+            if isinstance(event.get("seq"), int):
+                streams[str(event["device_id"])].add(event["seq"])
             if event["id"] in seen:  # at-least-once delivery: drop duplicates by id
                 continue
             seen.add(event["id"])
@@ -95,4 +147,6 @@ def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: boo
     finally:
         client.loop_stop()
         client.disconnect()
+        for device, stream in sorted(streams.items()):
+            print(f"watch: {device}: {stream.summary()}", file=sys.stderr, flush=True)
     return 0

@@ -1,0 +1,65 @@
+"""A fleet on one logical broker (`pytest -m faults`): failover across `mqtt.hosts`, a
+3-node NATS cluster losing the devices' node, a consumer away from Mosquitto, and device
+identities that cannot collide. Small fleets here; `mask-agent bench-fleet` runs large ones.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maskwatch.agent.bench.fleet import run_fleet
+from maskwatch.agent.delivery.publish import backoff_s
+from maskwatch.agent.demo import DEMO_CLIP
+
+from .conftest import free_port, need_tool
+from .mqtt_helpers import Collector
+from .test_faults import run_agent
+
+pytestmark = pytest.mark.faults
+
+
+def test_node_killed_in_a_nats_cluster_loses_nothing_and_devices_move(tmp_path):
+    need_tool("nats-server", "the NATS broker (Debian: nats-server)")
+    report = run_fleet("node-kill", count=12, rate=5, seconds=6, outage_s=3, workdir=tmp_path)
+    print(f"\nnode-kill: {report.delivered}/{report.produced}, duplicates "
+          f"{report.duplicates}, reconnect {report.reconnect_s}")
+    assert report.produced > 200 and report.missing == 0 and report.devices_with_gaps == 0
+    assert report.reconnect_s["n"] == 12 and report.reconnect_s["never"] == 0  # all moved
+
+
+def test_consumer_outage_on_mosquitto_loses_nothing(tmp_path):
+    report = run_fleet("consumer-outage", count=10, rate=5, seconds=6, outage_s=3,
+                       workdir=tmp_path)
+    assert report.produced > 200 and report.missing == 0 and report.devices_with_gaps == 0
+
+
+def test_agent_moves_to_the_next_of_mqtt_hosts(broker, tmp_path):
+    """The first broker of the list is down: the agent delivers through the second."""
+    dead = free_port()
+    watcher = Collector(broker.port, "maskwatch/door8/events", client_id="w8")
+    try:
+        result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof", "--set",
+                           f"state_dir={tmp_path}", "--set",
+                           f'mqtt.hosts=["127.0.0.1:{dead}", "127.0.0.1:{broker.port}"]',
+                           "--set", "device_id=door8", timeout=180)
+        produced = result.stderr.count("person #")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"connected to MQTT broker 127.0.0.1:{broker.port}" in result.stderr
+        assert watcher.wait_for(lambda: len({json.loads(p)["seq"] for p in
+                                              watcher.on("/events")}) == produced, 30)
+    finally:
+        watcher.close()
+
+
+def test_backoff_tries_the_cluster_quickly_then_spreads_out():
+    import random
+
+    rng = random.Random(7)
+    first_round = [backoff_s(a, 3, 1.0, 60.0, rng) for a in (1, 2)]
+    assert all(0.05 <= d <= 0.5 for d in first_round)  # the next node, at once
+    later = [backoff_s(a, 3, 1.0, 60.0, rng) for a in range(3, 40)]
+    assert max(later) <= 60.0 and later[-1] >= 30.0  # doubling per round, capped
+    fleet = {round(backoff_s(5, 1, 1.0, 60.0, random.Random(i)), 2) for i in range(1000)}
+    assert len(fleet) > 500  # a thousand devices do not retry in step
