@@ -41,6 +41,7 @@ from .conftest import agent_command, free_port
 from .conftest import http_request as fetch
 from .mqtt_helpers import Collector
 from .test_faults import publisher_for, run_agent, small_filesystem
+from .test_http import raw
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,15 +238,6 @@ def http_agent(tmp_path: Path, *settings: str) -> Agent:
 
 def base(agent: Agent) -> str:
     return f"http://127.0.0.1:{agent.http.port}"
-
-
-def raw(agent: Agent, text: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", agent.http.port), timeout=10) as sock:
-        sock.sendall(text)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def login(agent: Agent, token: str) -> tuple[str, str]:
