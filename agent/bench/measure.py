@@ -172,8 +172,8 @@ def _bench_source(job: PipelineBench):
 
 def _sized_like_video(job: PipelineBench) -> PipelineBench:
     """The empty mode's job with the video's frame size (unless --size) and length."""
-    from ..vision.camera import FileSource
     from ..errors import SourceError
+    from ..vision.camera import FileSource
 
     source = FileSource(job.video)
     try:
@@ -192,9 +192,9 @@ def _pipeline_child(cfg: Config, job: PipelineBench, spawned_at: float) -> dict:
     cv2.setNumThreads(cfg.classify.threads)
     import paho.mqtt.client  # noqa: F401  (not used here, but `run` holds it: count it)
 
-    from ..people.events import EventContext, build_event, encode
-    from ..factory import pipeline_from
     from ..delivery.outbox import Outbox
+    from ..factory import pipeline_from
+    from ..people.events import EventContext, build_event, encode
 
     if job.mode == "every-frame":
         cfg = cfg.replace(detect=replace(cfg.detect, fps=120.0))

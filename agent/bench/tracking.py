@@ -22,12 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..vision.camera import FileSource, Frame
 from ..config import Config
-from ..vision.decision import MASK, NO_MASK
 from ..factory import pipeline_from
-from ..vision.preprocess import Box
 from ..people.track import Tracker, area, best_match, intersection
+from ..vision.camera import FileSource, Frame
+from ..vision.decision import MASK, NO_MASK
+from ..vision.preprocess import Box
 from ..vision.voc import read_voc
 
 FPS = 25.0
