@@ -78,12 +78,15 @@ def diagnose_connect(host: str, port: int, tls: TlsConfig | None, timeout: float
 def backoff_s(attempt: int, brokers: int, min_s: float, max_s: float,
               jitter: random.Random) -> float:
     """Seconds before attempt `attempt` (1 = the first retry): within the first round of
-    `brokers` a fraction of min_s, then min_s doubling per round up to max_s, with
-    "equal jitter" (half fixed, half random) so retries spread instead of piling up."""
+    `brokers` a fraction of min_s, then min_s doubling per round up to max_s. The jitter
+    only lengthens a delay (up to half again), never shortens it below the doubling, so a
+    refusing broker is asked no more often than without it; at the cap it spreads below
+    max_s instead."""
     if attempt < brokers:
         return jitter.uniform(0.05, 0.5) * min_s
-    ceiling = min(max_s, min_s * 2 ** ((attempt - brokers) // max(1, brokers)))
-    return ceiling / 2 + jitter.uniform(0, ceiling / 2)
+    base = min(max_s, min_s * 2 ** ((attempt - brokers) // max(1, brokers)))
+    delay = base * jitter.uniform(1.0, 1.5)
+    return delay if delay <= max_s else max_s * jitter.uniform(2 / 3, 1.0)
 
 
 def disconnect_reason(flags, reason_code) -> str:
@@ -141,7 +144,7 @@ class Publisher:
                              protocol=self.protocol)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         # the first retry; each later one is set by _next_attempt (rotation, jitter)
-        first = self._jitter.uniform(0.5, 1.0) * m.reconnect_min_s
+        first = self._jitter.uniform(1.0, 1.5) * m.reconnect_min_s
         client.reconnect_delay_set(min_delay=first, max_delay=first)  # type: ignore[arg-type]
         client.max_inflight_messages_set(IN_FLIGHT)
         client.connect_timeout = m.connect_timeout_s
