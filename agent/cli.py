@@ -55,7 +55,8 @@ def cmd_check_config(args) -> int:
     from .config import load, redacted
 
     cfg = load(args.file or args.config, args.set)
-    print(json.dumps(redacted(cfg), indent=2) if args.print else f"{args.file or args.config}: ok")
+    source = args.file or args.config or "built-in defaults"
+    print(json.dumps(redacted(cfg), indent=2) if args.print else f"{source}: ok")
     return 0
 
 

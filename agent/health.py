@@ -43,7 +43,8 @@ class Health:
     source_error: str | None = None
     samples_error: str | None = None  # why the site sample store is not in use
     started: float = field(default_factory=time.monotonic)  # durations: immune to clock steps
-    people: Counter = field(default_factory=Counter)  # decided people per label
+    people: Counter = field(default_factory=Counter)  # people per label, first decision
+    people_left: Counter = field(default_factory=Counter)  # per label they had at `end`
     events: Counter = field(default_factory=Counter)  # events per type
     _last_stats: float = field(default_factory=time.monotonic)  # when stats were last sent
     _last_frames: int = 0
@@ -79,6 +80,7 @@ class Health:
             "faces": s.faces,
             "classified": s.classified,
             "people": dict(self.people),
+            "people_left": dict(self.people_left),
             "events": dict(self.events),
             "published": delivery.published,
             "outbox_depth": outbox.depth(),

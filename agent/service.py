@@ -198,6 +198,9 @@ class Agent:
         if transition.kind == "new":
             self.health.people[event["label"]] += 1
             self.announcer.publish_counts(self.health.people)
+        elif transition.kind == "end":
+            self.health.people_left[event["label"]] += 1
+            self.announcer.publish_final_counts(self.health.people_left)
         log.info("person #%d %s: %s (%.2f)", event["track_id"], event["type"], event["label"],
                  event["confidence"])
         for listener in self.on_event:
@@ -264,12 +267,16 @@ class Agent:
         if self._context is not None:
             self._end_tracks(self._last_ts)
         left = 0
+        self.announcer.close()
         if self.publish:
             self.publisher.publish_now(self.topics.stats, json.dumps(self.stats()))
             drain = STOP_DRAIN_S
             if until_eof and not self.stop_event.is_set():
                 drain = UNTIL_EOF_DRAIN_S if self.publisher.ever_connected else \
                     NEVER_CONNECTED_DRAIN_S
+            if self.outbox.depth():
+                log.info("waiting up to %.0f s for the broker to take %d queued events", drain,
+                         self.outbox.depth())
             left = self.publisher.stop(drain_timeout_s=drain)
         if self.http is not None:
             self.http.stop()

@@ -17,7 +17,7 @@ UNINSTALL=0
 PURGE=0
 MODELS_FROM=""
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do

@@ -89,7 +89,9 @@ def need_module(name: str, why: str) -> None:
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    return need(SHARED, "../shared data")
+    """The folder itself, for tests that read training photos, weights or detector models
+    from it; the fixtures below name the one thing they need instead."""
+    return need(SHARED, "../shared (training photos, MobileNetV2 weights, detector models)")
 
 
 @pytest.fixture(scope="session")
@@ -101,22 +103,22 @@ def demo_clip() -> Path:
 
 
 @pytest.fixture(scope="session")
-def street_video(shared) -> Path:
-    return need(shared / "data" / "video" / "street_mixed.mp4", "street video")
+def street_video() -> Path:
+    return need(SHARED / "data" / "video" / "street_mixed.mp4", "the street video of ../shared")
 
 
 @pytest.fixture(scope="session")
-def dev_set(shared) -> Path:
-    return need(shared / "data" / "dev" / "andrewmvd", "development scene set")
+def dev_set() -> Path:
+    return need(SHARED / "data" / "dev" / "andrewmvd", "the dev scene set of ../shared")
 
 
 @pytest.fixture(scope="session")
-def state_dir(tmp_path_factory, shared) -> Path:
+def state_dir(tmp_path_factory) -> Path:
     """A state folder with the detector models copied in, as `models fetch --from` does."""
     from maskwatch.agent.vision.models import DETECTOR_FILES, fetch
 
     state = tmp_path_factory.mktemp("state")
-    fetch(state / "models", source_dir=need(shared / "models", "detector models"),
+    fetch(state / "models", source_dir=need(SHARED / "models", "the detector models of ../shared"),
           names=list(DETECTOR_FILES))
     return state
 
@@ -203,6 +205,55 @@ def make_broker(tmp_path):
     yield make
     for b in made:
         b.stop()
+
+
+def mosquitto_persistent(workdir: Path) -> str:
+    """Mosquitto settings that keep sessions and queued messages across a restart."""
+    store = workdir / "broker-db"
+    store.mkdir(exist_ok=True)
+    return f"persistence true\npersistence_location {store}/\nautosave_interval 1\n"
+
+
+BROKER_KINDS = ("mosquitto", "nats", "rabbitmq")
+BROKER_PACKAGES = {"mosquitto": ("mosquitto", "mosquitto"),
+                   "nats": ("nats-server", "nats-server, JetStream on"),
+                   "rabbitmq": ("rabbitmq-server", "rabbitmq-server, plugin rabbitmq_mqtt")}
+
+
+class MatrixBroker:
+    """One broker of the matrix with Broker's face (port, start, stop), its state kept on
+    disk so that a stop and a start are an outage, not a new broker: Mosquitto with
+    persistence, one NATS node with JetStream, RabbitMQ with its MQTT plugin."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        tool, package = BROKER_PACKAGES[kind]
+        need_tool(tool, f"Debian: {package}")
+        from maskwatch.agent.bench.brokers import NatsCluster, RabbitMQ
+
+        self.kind = kind
+        workdir.mkdir(parents=True, exist_ok=True)
+        if kind == "mosquitto":
+            self._broker = Broker(workdir, free_port(), mosquitto_persistent(workdir))
+            self.port = self._broker.port
+        else:
+            self._broker = NatsCluster(workdir, size=1) if kind == "nats" else RabbitMQ(workdir)
+            self.port = self._broker.nodes[0].port
+
+    def start(self) -> MatrixBroker:
+        self._broker.start()
+        return self
+
+    def stop(self) -> None:
+        self._broker.stop()
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def matrix_broker(request, tmp_path):
+    """The delivery tests' broker, once per kind: Mosquitto, NATS and RabbitMQ (a machine
+    without one skips that kind with a reason; CI installs all three). Not started."""
+    broker = MatrixBroker(request.param, tmp_path / request.param)
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture

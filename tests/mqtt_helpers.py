@@ -30,7 +30,8 @@ class Collector:
             raise RuntimeError("collector could not subscribe")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        client.subscribe(self.topic, qos=1)
+        if not flags.session_present:
+            client.subscribe(self.topic, qos=1)
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:

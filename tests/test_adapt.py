@@ -114,15 +114,18 @@ def test_a_head_that_forgets_the_anchors_is_refused():
     assert "forget the general case" in report.reason or "no clear gain" in report.reason
 
 
-def test_refit_of_2000_samples_is_quick_enough_to_run_beside_the_agent():
+def test_refit_of_2000_samples_fits_a_head_that_separates_them():
     anchors_x, anchors_y = blobs(400, shift=4.0, seed=8)
     site_x, site_y = blobs(2000, shift=4.0, seed=9)
     x = np.pad(anchors_x, ((0, 0), (0, 1280 - F)))
     s = np.pad(site_x, ((0, 0), (0, 1280 - F)))
     head = Head(np.pad(prior().weights, (0, 1280 - F)), 0.0, 0.5, "0" * 64)
     report = fit_head(s, site_y, x, anchors_y, head, None, head.no_mask_probability(s))
-    # figures come from `mask-convert bench-adapt`; this only guards against a blow-up
-    assert report.seconds < 30
+    # its time and memory are figures of `mask-convert bench-adapt`, not asserted here (a
+    # loaded CI machine took 152 s where an idle one takes 0.3 s)
+    assert report.head is not None and report.seconds > 0
+    scores = report.head.no_mask_probability(s)
+    assert np.mean((scores > 0.5) == (site_y == 1)) > 0.95
 
 
 # --- collection ---------------------------------------------------------------------------

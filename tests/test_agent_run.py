@@ -31,6 +31,7 @@ def test_street_video_delivers_schema_valid_events(broker, state_dir, street_vid
         assert result.returncode == 0, result.stderr
         assert collector.wait_for(lambda: collector.on("/status")[-1:] == [b"offline"], 10)
         events = [json.loads(p) for p in collector.on("/events")]
+        final_counts = json.loads(collector.on("/final_counts")[-1])
     finally:
         collector.close()
     validator = jsonschema.Draft202012Validator(load_schema())
@@ -44,6 +45,9 @@ def test_street_video_delivers_schema_valid_events(broker, state_dir, street_vid
     assert len({e["id"] for e in events}) == len(events)
     assert sorted(e["seq"] for e in events) == list(range(1, len(events) + 1))  # no gap
     labels = {e["label"] for e in news}
+    for label, people in final_counts.items():  # who left with which label
+        assert people == sum(e["label"] == label for e in ends)
+    assert all(e["label"] in e["label_seconds"] for e in ends)
     assert {"with_mask", "without_mask"} <= labels
     assert all(e["frame_size"] == [538, 372] for e in events)
 

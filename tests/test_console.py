@@ -129,6 +129,7 @@ def test_console_labels_with_the_keyboard_adapts_accepts_and_reverts(console_age
 
     url = base(console_agent)
     store = console_agent.samples
+    browser.set_window_size(1280, 1400)
     browser.get(url + "/console/")
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "login").click()
@@ -169,5 +170,53 @@ def test_console_labels_with_the_keyboard_adapts_accepts_and_reverts(console_age
     running.refresh()
     assert running.current() is None
     chart = browser.find_elements(By.CSS_SELECTOR, "#chart rect")
-    assert chart and "#7 without_mask" in browser.find_element(By.ID, "recent").text
+    assert chart and "person #7 new: no mask" in browser.find_element(By.ID, "recent").text
+    assert "without_mask" not in browser.find_element(By.TAG_NAME, "body").text  # words only
+    check_chart_layout(browser)
+    browser.save_screenshot(str(ARTIFACTS / "console-1280.png"))
+    browser.set_window_size(400, 1400)  # a phone
+    wait_for(lambda: browser.execute_script(
+        "return document.documentElement.scrollWidth") <= 400 + 1)  # nothing overflows
+    check_chart_layout(browser)
+    browser.save_screenshot(str(ARTIFACTS / "console-400.png"))
+
+
+def check_chart_layout(browser) -> None:
+    """The chart fills its box with "now" at the right edge, a count axis and times."""
+    from selenium.webdriver.common.by import By
+
+    def laid_out():
+        return browser.execute_script("""
+          const svg = document.getElementById("chart"), box = svg.getBoundingClientRect();
+          const texts = [...svg.querySelectorAll("text")];
+          const now = texts.find((t) => t.textContent === "now");
+          const rects = [...svg.querySelectorAll("rect")].map((r) => r.getBoundingClientRect());
+          return now && rects.length ? { width: box.width, right: box.right,
+            nowRight: now.getBoundingClientRect().right,
+            lastBar: Math.max(...rects.map((r) => r.right)), labels: texts.length } : null;""")
+
+    layout = wait_for(laid_out)
+    assert layout["right"] - layout["nowRight"] < 8, layout  # "now" is the right edge
+    assert layout["right"] - layout["lastBar"] < 0.05 * layout["width"], layout
+    assert layout["labels"] >= 5  # 0, half and top counts, hours, "now"
+    legend = browser.find_element(By.ID, "legend").text
+    assert "no mask: " in legend and "mask: " in legend  # counts in the legend
+
+
+def test_login_page_is_one_card_that_holds_a_wrong_token_at_400_px(console_agent, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(400, 900)
+    browser.get(base(console_agent) + "/console/")
+    browser.find_element(By.ID, "token").send_keys("wrong-" + "x" * 60)
+    browser.find_element(By.ID, "login").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".login .error"))
+    card, form = (browser.find_element(By.CSS_SELECTOR, selector).rect
+                  for selector in ("main.login", ".login form"))
+    assert form["x"] >= card["x"] and form["x"] + form["width"] <= card["x"] + card["width"] + 1
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 401
+    assert browser.execute_script(
+        "return getComputedStyle(document.querySelector('main.login')).display") == "block"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "console-login-400.png"))
 

@@ -21,16 +21,14 @@ from maskwatch.agent.delivery.publish import Publisher
 from maskwatch.agent.errors import StateError
 from maskwatch.agent.factory import topics_from
 
-from .conftest import ROOT, agent_command
+from .conftest import ROOT, agent_command, mosquitto_persistent
 from .mqtt_helpers import Collector
 
 pytestmark = pytest.mark.faults  # broker down, restarted, SIGKILL, full outbox, lost source
 
 
 def persistent(tmp_path):
-    store = tmp_path / "broker-db"
-    store.mkdir(exist_ok=True)
-    return f"persistence true\npersistence_location {store}/\nautosave_interval 1\n"
+    return mosquitto_persistent(tmp_path)
 
 
 def numbers(collector) -> list[int]:
@@ -51,7 +49,8 @@ def finish_and_collect(proc, collector, n: int) -> str:
     try:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        assert collector.wait_for(lambda: len(set(numbers(collector))) >= n, 30)
+        assert collector.wait_for(lambda: len(set(numbers(collector))) >= n, 30), (
+            sorted(set(range(1, n + 1)) - set(numbers(collector)))[:40], out[-300:])
     finally:
         collector.close()
     return out
@@ -63,9 +62,9 @@ def emitter(tmp_path, port, *args):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_broker_down_while_events_are_produced(make_broker, tmp_path):
+def test_broker_down_while_events_are_produced(matrix_broker, tmp_path):
     n = 250
-    broker = make_broker(persistent(tmp_path)).start()
+    broker = matrix_broker.start()
     collector = Collector(broker.port, "maskwatch/emitter/events")
     broker.stop()  # the broker goes away before the burst
     proc = emitter(tmp_path, broker.port, "--count", str(n))
@@ -75,13 +74,13 @@ def test_broker_down_while_events_are_produced(make_broker, tmp_path):
     got = numbers(collector)
     assert first_seen_order(got) == list(range(1, n + 1))  # all, in order, none missing
     assert out.strip().endswith("left 0")
-    print(f"\nbroker outage: produced {n}, delivered {len(set(got))}, "
+    print(f"\n{broker.kind} outage: produced {n}, delivered {len(set(got))}, "
           f"duplicates {len(got) - len(set(got))}, lost 0")
 
 
-def test_broker_restarted_mid_burst(make_broker, tmp_path):
+def test_broker_restarted_mid_burst(matrix_broker, tmp_path):
     n = 400
-    broker = make_broker(persistent(tmp_path)).start()
+    broker = matrix_broker.start()
     collector = Collector(broker.port, "maskwatch/emitter/events")
     proc = emitter(tmp_path, broker.port, "--count", str(n), "--delay", "0.005")
     time.sleep(0.8)
@@ -221,3 +220,55 @@ def test_source_lost_and_back(broker, tmp_path, state_dir, street_video):
     statuses = collector.on("/status")
     assert statuses[-1] == b"offline"
 
+
+
+def test_the_agent_delivers_every_event_on_each_broker(matrix_broker, tmp_path):
+    """The real agent on the bundled clip: every event arrives, numbered without a gap, on
+    Mosquitto (MQTT 5) and on the brokers that speak only 3.1.1 (NATS answers MQTT 5 with
+    code 132; RabbitMQ 3.10 closes the connection without a word): both fall back."""
+    from maskwatch.agent.demo import DEMO_CLIP
+
+    broker = matrix_broker.start()
+    collector = Collector(broker.port, "maskwatch/matrix/events")
+    try:
+        result = subprocess.run(agent_command(
+            "run", "--source", str(DEMO_CLIP), "--until-eof",
+            "--set", f"state_dir={tmp_path / 'state'}", "--set", f"mqtt.port={broker.port}",
+            "--set", "mqtt.host=127.0.0.1", "--set", "device_id=matrix"),
+            capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-2000:]
+        produced = result.stderr.count("person #")
+        assert collector.wait_for(lambda: len(set(
+            json.loads(p)["seq"] for p in collector.on("/events"))) >= produced, 30)
+        seqs = sorted({json.loads(p)["seq"] for p in collector.on("/events")})
+    finally:
+        collector.close()
+    assert produced >= 20 and seqs == list(range(1, produced + 1))
+    speaks_5 = matrix_broker.kind == "mosquitto"
+    assert ("(MQTT 5)" in result.stderr) is speaks_5, result.stderr[-1500:]
+    print(f"\n{matrix_broker.kind}: {produced} events, {len(seqs)} delivered")
+
+
+def test_a_broker_stopping_is_said_in_words_not_unspecified_error(broker, tmp_path, caplog):
+    import logging
+
+    from maskwatch.agent.config import load
+    from maskwatch.agent.delivery.outbox import ResilientOutbox
+    from maskwatch.agent.delivery.publish import Publisher
+    from maskwatch.agent.factory import topics_from
+
+    cfg = load(None, [f"mqtt.port={broker.port}", "mqtt.host=127.0.0.1", "device_id=words"])
+    publisher = Publisher(cfg.mqtt, topics_from(cfg), ResilientOutbox(tmp_path / "o.db"), None)
+    with caplog.at_level(logging.INFO, logger="maskwatch"):
+        publisher.start()
+        try:
+            assert publisher.connected.wait(20)
+            broker.stop()  # a clean stop (SIGTERM)
+            deadline = time.monotonic() + 20
+            while publisher.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            publisher.stop(drain_timeout_s=0.5)
+    lines = [r.getMessage() for r in caplog.records if "disconnected from MQTT" in r.getMessage()]
+    assert lines and "Unspecified error" not in lines[0]
+    assert "the broker stopped or restarted" in lines[0] and str(broker.port) in lines[0]

@@ -85,6 +85,12 @@ def test_snapshot_when_enabled_shows_the_frame_with_boxes(agent):
     assert image[20, 40, 2] == 90  # on a copy: the pipeline's frame is untouched
 
 
+def test_get_on_predict_is_405_with_allow(agent):
+    answer = raw(agent, b"GET /v1/predict HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.0 405") and b"Allow: POST" in head
+
+
 @pytest.mark.faults
 def test_negative_and_missing_content_length_are_refused(agent):
     for header in (b"Content-Length: -1\r\n", b"", b"Content-Length: 12abc\r\n"):

@@ -36,6 +36,9 @@ def check_discovery_payload(topic: str, payload: dict) -> None:
         assert payload["off_delay"] > 0
     if component == "event":
         assert set(payload["event_types"]) == {"new", "update", "end"}
+    assert payload["qos"] == 1  # Home Assistant subscribes at QoS 1: at least once reaches it
+    # the entity id for Home Assistant 2025.10+ and, the same, for older releases
+    assert payload["default_entity_id"] == f"{component}.{payload['object_id']}"
 
 
 def test_discovery_payloads_unit():
@@ -44,7 +47,8 @@ def test_discovery_payloads_unit():
                                   ["with_mask", "without_mask", "mask_weared_incorrect"], "m")
     topics = [t for t, _ in messages]
     assert "homeassistant/binary_sensor/maskwatch_front-door/unmasked/config" in topics
-    assert len(topics) == len(set(topics)) == 5
+    assert len(topics) == len(set(topics)) == 8  # binary sensor, event, 2 counters per label
+    assert "homeassistant/sensor/maskwatch_front-door/left_with_mask/config" in topics
     for topic, payload in messages:
         check_discovery_payload(topic, json.loads(payload))
 
@@ -105,7 +109,8 @@ def running_agent(broker, state_dir, street_video, tmp_path):
 def test_discovery_announced_and_reannounced(running_agent):
     _, collector, broker = running_agent
     prefix = "homeassistant/"
-    entities = 2 + len(read_bundle(None).labels)  # binary sensor, event, a counter per label
+    # binary sensor, event, two counters per label (first decision, label when leaving)
+    entities = 2 + 2 * len(read_bundle(None).labels)
     assert collector.wait_for(lambda: len([t for t, _, _ in collector.messages
                                            if t.startswith(prefix) and
                                            t.endswith("/config")]) >= entities, 20)
@@ -147,25 +152,67 @@ def test_http_endpoint(running_agent, dev_set):
     assert get(base + "/nope")[0] == 404
 
 
-@pytest.mark.faults
-def test_home_assistant_birth_storm_is_one_reannouncement():
+class Recorder:
+    """Stands in for the publisher: what the announcer sent, in order."""
+
+    def __init__(self):
+        self.sent = []
+
+    def publish_now(self, topic, payload, qos=0, retain=False):
+        self.sent.append(topic)
+        return True
+
+    def configs(self):
+        return [t for t in self.sent if t.endswith("/config")]
+
+
+def storm_announcer(window_s: float):
     from maskwatch.agent.delivery.discovery import Announcer
-
-    class Recorder:
-        def __init__(self):
-            self.sent = []
-
-        def publish_now(self, topic, payload, qos=0, retain=False):
-            self.sent.append(topic)
-            return True
 
     cfg = load(None, ["device_id=storm"])
     recorder = Recorder()
     announcer = Announcer(cfg.homeassistant, "storm", topics_from(cfg), ["with_mask"], "m",
-                          recorder)
+                          recorder, reannounce_min_s=window_s)
+    return announcer, recorder
+
+
+@pytest.mark.faults
+def test_home_assistant_birth_storm_is_one_reannouncement_and_one_at_its_end():
+    announcer, recorder = storm_announcer(window_s=0.5)
     announcer.on_connect()  # the connect announcement
     for _ in range(52):
         announcer.on_ha_status(b"online")
     assert announcer.announcements == 2  # connect + one re-announcement, not 53
-    configs = [t for t in recorder.sent if t.endswith("/config")]
-    assert len(configs) == 2 * 3  # three entities, twice
+    deadline = time.monotonic() + 30
+    while announcer.announcements < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the trailing one comes at the window's end (a timer thread)
+    assert announcer.announcements == 3  # ... and the storm's last online is answered once
+    assert len(recorder.configs()) == 3 * 4  # four entities, three times
+    assert recorder.sent[-1].endswith("/final_counts")  # counts follow the trailing announce
+    time.sleep(0.6)  # a window with no online in it: nothing more is owed
+    assert announcer.announcements == 3
+
+
+@pytest.mark.faults
+def test_second_online_inside_the_window_is_answered_at_its_end():
+    """Two Home Assistant reloads 9 s apart (here 0.3 s inside a 1 s window): on RabbitMQ,
+    which hands no retained message to HA's wildcard subscription, the second one used to
+    go unanswered and every entity stayed unavailable."""
+    announcer, recorder = storm_announcer(window_s=1.0)
+    announcer.on_ha_status(b"online")
+    first = len(recorder.configs())
+    announcer.on_ha_status(b"online")
+    assert len(recorder.configs()) == first  # not at once ...
+    deadline = time.monotonic() + 30
+    while len(recorder.configs()) == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(recorder.configs()) == 2 * first  # ... but at the end of the window
+
+
+def test_announcer_close_cancels_a_pending_announcement():
+    announcer, recorder = storm_announcer(window_s=0.3)
+    announcer.on_ha_status(b"online")
+    announcer.on_ha_status(b"online")
+    announcer.close()
+    time.sleep(0.5)
+    assert announcer.announcements == 1

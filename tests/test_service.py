@@ -143,6 +143,9 @@ def test_service_runs_in_process_on_the_bundled_clip(tmp_path, caplog):
     assert len(news) >= 8 and sorted(e["track_id"] for e in news) == sorted(
         e["track_id"] for e in ends)  # one new and one end per person
     assert sum(agent.health.people.values()) == len(news)
+    assert sum(agent.health.people_left.values()) == len(ends)  # counted by final label
+    assert all(e["label"] in e["label_seconds"] for e in ends)
+    assert all("label_seconds" not in e for e in seen if e["type"] != "end")
     assert {"with_mask", "without_mask"} <= set(agent.health.people)
     assert agent.outbox.depth() == len(seen) + sum(  # queued: events + unmasked alerts
         e["label"] == "without_mask" for e in seen if e["type"] in ("new", "update"))

@@ -53,6 +53,23 @@ def test_sustained_change_gives_one_update_and_flicker_none():
     assert out[1][2] == "with_mask"
 
 
+def test_end_carries_the_time_spent_in_each_label():
+    """A person who puts a mask on at the door: `new` without_mask, `update` with_mask, and
+    their `end` says with_mask and how long each label lasted (what a compliance report
+    counts, where the first decision alone would say 'without mask')."""
+    rules = TrackConfig(max_missed_s=0.5, min_votes=3, agreement=0.6, window=9, update_votes=3)
+    tracker = Tracker(rules)
+    labels = ["without_mask"] * 10 + ["with_mask"] * 30
+    walk(tracker, len(labels), lambda i: labels[i])
+    ends = tracker.expire(100.0, everything=True)
+    assert [t.kind for t in ends] == ["end"] and ends[0].track.label == "with_mask"
+    track = ends[0].track
+    spent = track.time_by_label()
+    assert set(spent) == {"without_mask", "with_mask"}
+    assert spent["with_mask"] > 0.5 and spent["without_mask"] > 0.5
+    assert abs(sum(spent.values()) - (track.last_seen - track.first_seen)) < 0.02
+
+
 def test_decided_track_is_rechecked_only_now_and_then():
     tracker = Tracker(TrackConfig(max_missed_s=0.5, min_votes=1, agreement=0.5,
                                   static_check=False, min_seen_s=0.0))

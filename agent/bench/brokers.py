@@ -1,4 +1,5 @@
-"""Real brokers on loopback for the fleet bench and tests: Mosquitto, and a NATS cluster.
+"""Real brokers on loopback for the fleet bench and tests: Mosquitto, a NATS cluster, and
+RabbitMQ with its MQTT plugin.
 
 Started as child processes on free ports with their state in a work folder; `kill(i)`
 SIGKILLs a node (a crash, not a shutdown) and `start_node(i)` brings it back with its
@@ -8,6 +9,7 @@ its MQTT listener accepts a CONNECT (it refuses until JetStream has a leader).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -22,6 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ..errors import MaskwatchError
 
 READY_S = 60.0
+# NATS resends a QoS 1 message a subscriber never acknowledged (its connection died with the
+# server) only after ack_wait, 30 s by default: deploy/nats/cluster.conf sets 5 s too
+ACK_WAIT = "5s"
 
 
 class BrokerMissing(MaskwatchError):
@@ -125,9 +130,10 @@ class NatsCluster:
                        f"routes: [{routes}] }}\n") if size > 1 else ""
             (workdir / f"{node.name}.conf").write_text(
                 f"server_name: {node.name}\nlisten: 127.0.0.1:{node.client_port}\n"
+                "lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n"
                 f"jetstream {{ store_dir: {workdir / node.name} }}\n{cluster}"
                 f"mqtt {{ listen: 127.0.0.1:{node.port}, stream_replicas: {replicas}, "
-                f"consumer_replicas: {replicas} }}\n")
+                f"consumer_replicas: {replicas}, ack_wait: \"{ACK_WAIT}\" }}\n")
 
     @property
     def hosts(self) -> list[str]:
@@ -140,27 +146,115 @@ class NatsCluster:
                                                                  f"{node.name}.conf")],
                                          stdout=log, stderr=subprocess.STDOUT)
         if wait:
-            wait_until(lambda: mqtt_answers(node.port), f"nats node {node.name}")
+            wait_until(lambda: self._answers_or_died(node), f"nats node {node.name}")
+
+    def _answers_or_died(self, node: Node) -> bool:
+        if node.proc is not None and node.proc.poll() is not None:
+            log = (self.workdir / f"{node.name}.log").read_text(errors="replace")
+            raise RuntimeError(f"nats-server {node.name} exited: {log[-400:]}")
+        return mqtt_answers(node.port)
 
     def start(self) -> NatsCluster:
         for i in range(len(self.nodes)):  # all up first: JetStream needs a quorum
             self.start_node(i, wait=False)
         for node in self.nodes:
-            wait_until(lambda node=node: mqtt_answers(node.port), f"nats node {node.name}")
+            wait_until(lambda node=node: self._answers_or_died(node), f"nats node {node.name}")
         return self
 
     def kill(self, i: int) -> None:
         _kill(self.nodes[i])
 
+    def stop(self, lame_duck: bool = True) -> None:
+        """Stop every node. Lame duck mode (SIGUSR2, `nats-server --signal ldm`) first
+        closes the clients, then stops JetStream: with SIGTERM, nats-server 2.9.10 stops
+        JetStream first and acknowledged two QoS 1 publishes of a burst that no
+        subscriber ever got (tests/test_fleet.py measures both)."""
+        for node in self.nodes:
+            _kill(node, signal.SIGUSR2 if lame_duck else signal.SIGTERM)
+
+
+class RabbitMQ:
+    """One RabbitMQ node with the MQTT plugin (MQTT 3.1.1; retained messages are not handed
+    to wildcard subscriptions), its node name, ports, cookie and data in the work folder so
+    that it never meets another RabbitMQ on the machine."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        wrapper = binary("rabbitmq-server", "rabbitmq-server")
+        # Debian's /usr/sbin wrapper runs the server as the rabbitmq user, who cannot enter a
+        # root-only work folder; the script behind it runs as whoever calls it
+        own = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        self.binary = str(own) if own.exists() else wrapper
+        self.nodes = [Node("rabbitmq", free_port())]
+        (workdir / "rabbitmq.conf").write_text(
+            "listeners.tcp = none\n"
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.nodes[0].port}\n"
+            "mqtt.allow_anonymous = true\nloopback_users = none\n")
+        (workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        name = f"mw{self.nodes[0].port}@localhost"
+        self.env = {"HOME": str(workdir), "RABBITMQ_NODENAME": name,
+                    "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+                    "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+                    "RABBITMQ_LOG_BASE": str(workdir / "log"),
+                    "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid"),
+                    "RABBITMQ_DIST_PORT": str(free_port()),
+                    "ERL_CRASH_DUMP": str(workdir / "erl_crash.dump")}
+        for folder in ("mnesia", "log"):
+            (workdir / folder).mkdir(exist_ok=True)
+
+    def start_node(self, i: int = 0) -> None:
+        import os
+
+        node = self.nodes[i]
+        with open(self.workdir / "rabbitmq.log", "ab") as log:
+            node.proc = subprocess.Popen([self.binary], stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.env}, cwd=self.workdir,
+                                         start_new_session=True)  # its Erlang VM and epmd
+        wait_until(lambda: self._answers_or_died(node), "rabbitmq")
+
+    def _answers_or_died(self, node: Node) -> bool:
+        if node.proc is not None and node.proc.poll() is not None:
+            log = (self.workdir / "rabbitmq.log").read_text(errors="replace")
+            raise RuntimeError(f"rabbitmq-server exited: {log[-600:]}")
+        return mqtt_answers(node.port)
+
+    def start(self) -> RabbitMQ:
+        self.start_node(0)
+        return self
+
+    def kill(self, i: int = 0) -> None:
+        _kill_group(self.nodes[i], signal.SIGKILL)
+
     def stop(self) -> None:
         for node in self.nodes:
-            _kill(node, signal.SIGTERM)
+            _kill_group(node, signal.SIGTERM)
+
+
+def _kill_group(node: Node, sig: int) -> None:
+    """The node's whole process group (the server script, its Erlang VM, epmd if it began
+    one): SIGTERM lets RabbitMQ stop cleanly."""
+    import os
+
+    if node.proc is not None and node.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.proc.pid, sig)
+        try:
+            node.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.proc.pid, signal.SIGKILL)
+            node.proc.wait(timeout=10)
+    node.proc = None
 
 
 def _kill(node: Node, sig: int = signal.SIGKILL) -> None:
     if node.proc is not None and node.proc.poll() is None:
         node.proc.send_signal(sig)
-        node.proc.wait(timeout=20)
+        try:
+            node.proc.wait(timeout=150)  # lame duck mode may take its full duration
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            node.proc.wait(timeout=10)
     node.proc = None
 
 

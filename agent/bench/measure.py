@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from ..config import Config, as_dict
+from ..errors import SourceError
 from ..vision.decision import MASK, NO_MASK
 
 
@@ -272,6 +273,8 @@ def _pace(wall0: float, index: int, fps: float) -> None:
 def bench_pipeline(cfg: Config, video: str, detectors: list[str], out: str,
                    max_frames: int = 0, size: tuple[int, int] | None = None,
                    modes: list[str] | None = None, realtime_fps: float = 0.0) -> int:
+    if "://" not in video and not Path(video).is_file():
+        raise SourceError(f"{video}: no such video file")
     results = []
     for name in detectors:
         child_cfg = as_dict(cfg.replace(detect=cfg.detect.using(name)))

@@ -119,6 +119,7 @@ class Publisher:
         self._retry_refused_at: float | None = None
         self._fallback = False  # the broker refused MQTT 5: the pump switches to 3.1.1
         self._connecting_since: float | None = None
+        self._connack = False  # the broker answered this attempt's CONNECT (any code)
         self._connected_at = 0.0
         self._short_sessions: list[float] = []
         self.takeovers = 0  # times the broker kept ending our session (a shared identity)
@@ -375,6 +376,7 @@ class Publisher:
     # --- paho callbacks (network thread) ---------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connecting_since = None
+        self._connack = True
         if self.protocol == V5 and self.settings.protocol == "auto" and \
                 unsupported_protocol(reason_code):
             with self._cond:
@@ -412,6 +414,7 @@ class Publisher:
 
     def _on_pre_connect(self, client, userdata) -> None:
         self._connecting_since = time.monotonic()
+        self._connack = False
 
     def _on_connect_fail(self, client, userdata) -> None:
         reason = diagnose_connect(self.host, self.port, self._tls,
@@ -432,6 +435,15 @@ class Publisher:
             self.last_error = f"disconnected from MQTT broker {self.broker}: {why}"
             log.warning("%s; events are kept in the outbox", self.last_error)
             self._watch_takeovers(reason_code)
+        elif self.protocol == V5 and self.settings.protocol == "auto" and not self._connack:
+            # closed before any CONNACK: a broker that does not speak MQTT 5 and says
+            # nothing (RabbitMQ 3.10's MQTT plugin) rather than refusing it with code 132
+            log.info("MQTT broker %s closed the connection without answering an MQTT 5 "
+                     "CONNECT", self.broker)
+            with self._cond:
+                self._fallback = True
+                self._cond.notify_all()
+            return
         if not self._fallback:  # the same broker again, in MQTT 3.1.1 (the pump switches)
             self._next_attempt()
 

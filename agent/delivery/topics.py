@@ -36,8 +36,13 @@ class Topics:
 
     @property
     def counts(self) -> str:
-        """People per label, retained."""
+        """People per label by their first decision (`new`), retained."""
         return f"{self.base}/counts"
+
+    @property
+    def final_counts(self) -> str:
+        """People per label they had when they left (at their `end` event), retained."""
+        return f"{self.base}/final_counts"
 
     @property
     def unmasked(self) -> str:

@@ -1,8 +1,10 @@
 """Person events as JSON messages (schema: agent/people/schema/event.schema.json).
 
 One message per transition of a person's track (`new`, `update`, `end`), never one per
-frame. `id` is a fresh UUID per message so subscribers can drop the duplicates that
-at-least-once delivery may bring.
+frame. `end` carries the person's final label and `label_seconds`, the time they spent in
+each label, for compliance reports (a person who puts a mask on at the door is `new`
+without_mask, then `update` with_mask). `id` is a fresh UUID per message so subscribers
+can drop the duplicates that at-least-once delivery may bring.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def build_event(transition: Transition, context: EventContext, wall_ts: float,
                 first_seen_wall: float) -> dict:
     track = transition.track
     label = track.label or "unknown"
-    return {
+    event = {
         "id": str(uuid.uuid4()),
         "type": transition.kind,
         "device_id": context.device_id,
@@ -53,6 +55,9 @@ def build_event(transition: Transition, context: EventContext, wall_ts: float,
         "model": {"name": context.model.get("name"), "sha256": context.model.get("sha256"),
                   "head": context.model.get("head", BUNDLE_HEAD)},
     }
+    if transition.kind == "end":
+        event["label_seconds"] = track.time_by_label()  # the final label is `label`
+    return event
 
 
 def encode(event: dict) -> bytes:

@@ -92,6 +92,26 @@ class Track:
     changed_at: float | None = None  # when the label last changed (update)
     previous_label: str | None = None
     embedding: np.ndarray | None = None  # unit-length mean of its classifier features
+    label_since: float | None = None  # when the current label began (first seen, or update)
+    label_seconds: dict = field(default_factory=dict)  # time spent in earlier labels
+
+    def decide(self, label: str, ts: float) -> None:
+        """Take `label`; a first decision covers the person since first seen."""
+        if self.label is None:
+            self.label, self.label_since = label, self.first_seen
+            return
+        since = self.first_seen if self.label_since is None else self.label_since
+        self.label_seconds[self.label] = self.label_seconds.get(self.label, 0.0) + \
+            max(0.0, ts - since)
+        self.label, self.label_since = label, ts
+
+    def time_by_label(self) -> dict[str, float]:
+        """Seconds spent in each label, up to the last sighting (what `end` reports)."""
+        spent = dict(self.label_seconds)
+        if self.label is not None and self.label_since is not None:
+            spent[self.label] = spent.get(self.label, 0.0) + \
+                max(0.0, self.last_seen - self.label_since)
+        return {label: round(seconds, 2) for label, seconds in spent.items()}
 
     def predicted(self, ts: float) -> Box:
         """Where the face should be at `ts`, moving as it did."""
@@ -237,7 +257,8 @@ class Tracker:
             return None
         if sum(c for _, c, _ in streak) / len(streak) < rules.update_confidence:
             return None
-        track.previous_label, track.label = track.label, label
+        track.previous_label = track.label
+        track.decide(label, ts)
         track.changed_at, track.streak = ts, []
         return Transition("update", track) if track.alive else None
 
@@ -259,7 +280,7 @@ class Tracker:
             return None
         label, count = Counter(lbl for lbl, *_ in track.votes).most_common(1)[0]
         if count / len(track.votes) >= self.rules.agreement:
-            track.label = label
+            track.decide(label, track.last_seen)
             return Transition("new", track)
         return None
 
@@ -280,7 +301,8 @@ class Tracker:
                 continue
             if track.label is None and track.alive and self._seen_long_enough(track) and \
                     len(track.votes) >= min(2, self.rules.min_votes):
-                track.label = Counter(lbl for lbl, *_ in track.votes).most_common(1)[0][0]
+                track.decide(Counter(lbl for lbl, *_ in track.votes).most_common(1)[0][0],
+                             track.last_seen)
                 out.append(Transition("new", track))
             if track.label is None:
                 continue
@@ -329,5 +351,6 @@ class Tracker:
         track.id, track.first_seen = lost.id, lost.first_seen
         track.votes, track.label = lost.votes, lost.label
         track.previous_label, track.changed_at = lost.previous_label, lost.changed_at
+        track.label_since, track.label_seconds = lost.label_since, lost.label_seconds
         track.alive = True
         track.embedding = unit(lost.embedding + track.embedding)

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, SourceError
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ def read_annotation(xml_path: Path, images: Path) -> tuple[Path, list[VocFace]]:
 
 def read_voc_images(root: Path, limit: int = 0) -> list[tuple[Path, list[VocFace]]]:
     """(image, its faces) per annotation file, in file-name order (the first `limit`)."""
+    if not root.is_dir():
+        raise SourceError(f"{root}: no such folder")
     if not is_voc(root):
         raise InputError(f"{root} is not a Pascal VOC set (needs images/ and annotations/)")
     out = []

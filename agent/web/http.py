@@ -150,8 +150,10 @@ def prometheus(stats: dict) -> str:
     metric("fps", "gauge", "Frames processed per second.", [("", stats["fps"])])
     metric("frames_total", "counter", "Frames processed.", [("", stats["frames"])])
     metric("faces_total", "counter", "Faces detected.", [("", stats["faces"])])
-    metric("people_total", "counter", "People decided, by label.",
+    metric("people_total", "counter", "People decided, by their first label.",
            [(f'{{label="{k}"}}', v) for k, v in sorted(stats["people"].items())])
+    metric("people_left_total", "counter", "People who left, by the label they had then.",
+           [(f'{{label="{k}"}}', v) for k, v in sorted(stats.get("people_left", {}).items())])
     metric("events_total", "counter", "Events produced, by type.",
            [(f'{{type="{k}"}}', v) for k, v in sorted(stats["events"].items())])
     metric("outbox_depth", "gauge", "Events waiting for the broker.",
@@ -276,8 +278,11 @@ class HttpEndpoint:
                 throttle.log(logging.INFO, "bad", "bad HTTP request from %s: %s",
                              self.address_string(), QUERY.sub("?…", fmt % args))
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
+            def _send(self, status: int, body: bytes, content_type: str,
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -388,6 +393,11 @@ class HttpEndpoint:
                                "text/plain; version=0.0.4")
                 elif path == "/snapshot.jpg":
                     self._snapshot()
+                elif path == "/v1/predict":
+                    log.info("HTTP 405 for GET /v1/predict from %s", self.address_string())
+                    self._send(HTTPStatus.METHOD_NOT_ALLOWED, json.dumps(
+                        {"error": "POST an encoded image as the request body"}).encode(),
+                        "application/json", {"Allow": "POST"})
                 else:
                     self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
 

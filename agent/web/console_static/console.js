@@ -4,6 +4,13 @@
 const CSRF = document.querySelector('meta[name="csrf-token"]').content;
 const COLOURS = { with_mask: "#3a9a3a", without_mask: "#d03b3b", mask_weared_incorrect: "#e0a000" };
 const KEYS = { m: "with_mask", n: "without_mask", x: "skip" };
+// What a person reads for each label (the model's own names are for machines)
+const NAMES = { with_mask: "mask", without_mask: "no mask", mask_weared_incorrect: "mask worn wrong",
+  skip: "skipped", unknown: "undecided" };
+const named = (label) => NAMES[label] || String(label).replace(/_/g, " ");
+// Times in the browser's own time zone: the agent sends UTC
+const clock = (seconds) => new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "medium" });
 const state = { tiles: [], cursor: 0, selected: new Set(), showLabelled: false, advice: 20 };
 
 const $ = (id) => document.getElementById(id);
@@ -56,7 +63,7 @@ async function refreshPeople() {
     drawChart(p.chart);
     $("recent").replaceChildren(...p.recent.map((e) => {
       const li = document.createElement("li");
-      li.textContent = `#${e.track_id} ${e.label} (${Number(e.confidence).toFixed(2)}) ${e.type} ${e.ts}`;
+      li.textContent = `${when(e.ts)} · person #${e.track_id} ${e.type}: ${named(e.label)} (${Number(e.confidence).toFixed(2)})`;
       return li;
     }));
   } catch (e) { say(`people: ${e.message}`, true); }
@@ -74,37 +81,74 @@ function svgElement(name, attributes, text) {
   return el;
 }
 
+// People per bin, stacked by label, drawn at the SVG's real width so that "now" is the
+// right edge at any window size: a count axis on the left, local times below.
+const CHART_HEIGHT = 150, AXIS_LEFT = 28, AXIS_BOTTOM = 18, TOP_PAD = 8;
+let lastChart = null;
+
+function niceTop(value) {
+  const steps = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+  return steps.find((s) => s >= value) || Math.ceil(value / 1000) * 1000;
+}
+
 function drawChart(chart) {
+  lastChart = chart;
+  const svg = $("chart");
+  const width = Math.max(200, Math.round(svg.getBoundingClientRect().width || 360));
+  svg.setAttribute("viewBox", `0 0 ${width} ${CHART_HEIGHT}`);
   const labels = Object.keys(chart.series);
   const bins = labels.length ? chart.series[labels[0]].length : 36;
   const totals = Array.from({ length: bins }, (_, i) =>
     labels.reduce((sum, l) => sum + chart.series[l][i], 0));
-  const top = Math.max(1, ...totals);
-  const width = 360 / bins;
-  const bars = [];
+  const top = niceTop(Math.max(1, ...totals));
+  const plotW = width - AXIS_LEFT, plotH = CHART_HEIGHT - AXIS_BOTTOM - TOP_PAD;
+  const binW = plotW / bins, baseY = TOP_PAD + plotH;
+  const parts = [];
+  for (const value of top % 2 ? [0, top] : [0, top / 2, top]) {  // whole counts, gridlines
+    const y = baseY - (value / top) * plotH;
+    parts.push(svgElement("line", { x1: AXIS_LEFT, x2: width, y1: y, y2: y, class: "grid" }));
+    parts.push(svgElement("text", { x: AXIS_LEFT - 4, y: y + 4, class: "axis", "text-anchor": "end" },
+      String(Math.round(value))));
+  }
   for (let i = 0; i < bins; i++) {
-    let y = 120;
+    let y = baseY;
     for (const label of labels) {
-      const h = (chart.series[label][i] / top) * 110;
+      const count = chart.series[label][i];
+      const h = (count / top) * plotH;
       if (h > 0) {
         y -= h;
-        const rect = svgElement("rect", { x: i * width, y, width: width - 1, height: h,
-          fill: COLOURS[label] || "#888" });
-        rect.append(svgElement("title", {}, `${label}: ${chart.series[label][i]}`));
-        bars.push(rect);
+        const rect = svgElement("rect", { x: AXIS_LEFT + i * binW, y, width: Math.max(1, binW - 1),
+          height: h, fill: COLOURS[label] || "#888" });
+        const from = chart.start + i * chart.bin_s;
+        rect.append(svgElement("title", {}, `${clock(from)}–${clock(from + chart.bin_s)}: ${count} ${named(label)}`));
+        parts.push(rect);
       }
     }
   }
-  $("chart").replaceChildren(...bars);
+  // times on the hour, at least 70 px apart (every hour wide, every 2 or 3 on a phone),
+  // none crowding "now" at the right edge
+  const span = bins * chart.bin_s, hour = 3600;
+  const step = hour * Math.max(1, Math.ceil(70 / (plotW * hour / span)));
+  for (let t = Math.ceil(chart.start / step) * step; t < chart.start + span; t += step) {
+    const x = AXIS_LEFT + ((t - chart.start) / span) * plotW;
+    if (x > 30 && x < width - 60)
+      parts.push(svgElement("text", { x, y: CHART_HEIGHT - 4, class: "axis", "text-anchor": "middle" }, clock(t)));
+  }
+  parts.push(svgElement("text", { x: width - 2, y: CHART_HEIGHT - 4, class: "axis", "text-anchor": "end" }, "now"));
+  svg.replaceChildren(...parts);
+  const total = (l) => chart.series[l].reduce((a, b) => a + b, 0);
   $("legend").replaceChildren(...labels.map((l) => {
     const item = document.createElement("span");
     const swatch = document.createElement("span");
     swatch.className = "legend-swatch";
     swatch.style.background = COLOURS[l] || "#888";
-    item.append(swatch, document.createTextNode(l));
+    item.append(swatch, document.createTextNode(`${named(l)}: ${total(l)}`));
     return item;
   }));
+  if (!labels.length) $("legend").textContent = "No one yet in this window.";
 }
+
+window.addEventListener("resize", () => { if (lastChart) drawChart(lastChart); });
 
 async function loadSamples() {
   try {
@@ -130,7 +174,7 @@ function renderGrid() {
     img.alt = `face ${s.id}`;
     const pred = document.createElement("div");
     pred.className = "pred";
-    pred.textContent = `${s.label ? "✓ " + s.label : s.predicted} ${s.confidence.toFixed(2)}`;
+    pred.textContent = s.label ? `✓ ${named(s.label)}` : `seen as ${named(s.predicted)} ${s.confidence.toFixed(2)}`;
     tile.append(img, pred);
     tile.addEventListener("click", () => {
       state.cursor = i;
@@ -147,7 +191,7 @@ async function label(ids, value) {
     const result = await api("/console/api/label", { ids, label: value });
     for (const tile of state.tiles) if (ids.includes(tile.id)) tile.label = value;
     showCounts(result.counts);
-    say(`${result.changed} labelled ${value}`);
+    say(`${result.changed} labelled ${named(value)}`);
     renderGrid();
   } catch (e) { say(`label: ${e.message}`, true); }
 }
