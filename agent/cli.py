@@ -409,8 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-fleet", help="simulated devices (the agent's own outbox and "
                        "publisher) on a real broker through a fault: node-kill (3-node NATS "
-                       "cluster, the devices' node SIGKILLed) or consumer-outage (Mosquitto)")
-    p.add_argument("--scenario", choices=("node-kill", "consumer-outage"), default="node-kill")
+                       "cluster, the devices' node SIGKILLed), consumer-outage (Mosquitto) "
+                       "or tls-storm (Mosquitto on TLS restarted: all reconnect at once)")
+    p.add_argument("--scenario", choices=("node-kill", "consumer-outage", "tls-storm"),
+                   default="node-kill")
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--rate", type=float, default=1.0, help="events per second per device")
     p.add_argument("--seconds", type=float, default=30.0, help="how long the devices publish")

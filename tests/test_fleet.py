@@ -1,6 +1,7 @@
 """A fleet on one logical broker (`pytest -m faults`): failover across `mqtt.hosts`, a
-3-node NATS cluster losing the devices' node, a consumer away from Mosquitto, and device
-identities that cannot collide. Small fleets here; `mask-agent bench-fleet` runs large ones.
+3-node NATS cluster losing the devices' node, a consumer away from Mosquitto, a TLS broker
+restarted under its devices, and device identities that cannot collide. Small fleets here;
+`mask-agent bench-fleet` runs large ones.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def test_consumer_outage_on_mosquitto_loses_nothing(tmp_path):
     report = run_fleet("consumer-outage", count=10, rate=5, seconds=6, outage_s=3,
                        workdir=tmp_path)
     assert report.produced > 200 and report.missing == 0 and report.devices_with_gaps == 0
+
+
+def test_tls_broker_restart_every_device_reconnects_and_nothing_is_lost(tmp_path):
+    need_tool("openssl", "apt-get install openssl")
+    report = run_fleet("tls-storm", count=10, rate=2, seconds=6, outage_s=2, workdir=tmp_path)
+    assert report.produced >= 100 and report.missing == 0 and report.devices_with_gaps == 0
+    assert report.reconnect_s["n"] == 10 and report.reconnect_s["never"] == 0
 
 
 def test_agent_moves_to_the_next_of_mqtt_hosts(broker, tmp_path):
@@ -135,3 +143,47 @@ def test_nats_node_stopped_in_lame_duck_mode_loses_nothing_sigterm_is_measured(t
     acked_term, lost_term = burst_through_a_nats_restart(tmp_path / "term", signals.SIGTERM)
     print(f"\nNATS restart during a 400-message burst: lame duck lost 0 of {acked}; "
           f"SIGTERM lost {len(lost_term)} of {acked_term} acknowledged {sorted(lost_term)}")
+
+
+def test_two_devices_from_one_image_are_told_they_share_a_client_id(broker, tmp_path):
+    """A cloned SD card with the client id set by hand (the fingerprint in the default one
+    would differ): the broker keeps handing the session from one to the other, and each
+    device logs, loudly, that another client uses its id."""
+    import time
+
+    from maskwatch.agent.config import load
+    from maskwatch.agent.delivery.outbox import ResilientOutbox
+    from maskwatch.agent.delivery.publish import Publisher
+    from maskwatch.agent.factory import topics_from
+
+    cfg = load(None, [f"mqtt.port={broker.port}", "mqtt.host=127.0.0.1", "device_id=clone",
+                      "mqtt.client_id=maskwatch-clone", "mqtt.reconnect_min_s=0.2",
+                      "mqtt.reconnect_max_s=1"])
+    twins = [Publisher(cfg.mqtt, topics_from(cfg), ResilientOutbox(tmp_path / f"{i}.db"), None)
+             for i in range(2)]
+    for twin in twins:
+        twin.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(t.takeovers for t in twins) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for twin in twins:
+            twin.stop(drain_timeout_s=0.5)
+    assert any(t.takeovers for t in twins), [t.last_error for t in twins]
+
+
+def test_two_machines_from_one_image_get_two_client_ids(tmp_path):
+    """One card image, one host name and device_id; the machine id (regenerated on first
+    boot) or the board serial differs, and so does the client id; a reboot keeps it."""
+    from maskwatch.agent.config import default_client_id, machine_fingerprint
+
+    ids = []
+    for machine in ("0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"):
+        machine_id = tmp_path / machine / "machine-id"
+        machine_id.parent.mkdir()
+        machine_id.write_text(machine + "\n")
+        fingerprint = machine_fingerprint((str(machine_id),))
+        assert fingerprint == machine_fingerprint((str(machine_id),))  # stable
+        ids.append(default_client_id("raspberrypi", fingerprint))
+    assert ids[0] != ids[1] and all(i.startswith("maskwatch-raspberrypi-") for i in ids)

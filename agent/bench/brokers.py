@@ -86,23 +86,31 @@ class Mosquitto:
     """One Mosquitto with the fleet settings that matter (deploy/mosquitto/fleet.conf):
     persistence and a queue deep enough for a consumer outage."""
 
-    def __init__(self, workdir: Path, max_queued: int = 100_000) -> None:
+    def __init__(self, workdir: Path, max_queued: int = 100_000, tls: bool = False) -> None:
         self.workdir = workdir
         self.nodes = [Node("mosquitto", free_port())]
         user = "user root\n" if _is_root() else ""
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"{user}listener {self.nodes[0].port} 127.0.0.1\n"
+        self.ca_file: Path | None = None
+        listeners = f"listener {self.nodes[0].port} 127.0.0.1\n"
+        if tls:  # devices on TLS (node 0), a plain listener for the consumer (node 1)
+            self.ca_file = make_test_pki(workdir)
+            self.nodes.append(Node("mosquitto-plain", free_port()))
+            listeners += (f"cafile {self.ca_file}\ncertfile {workdir / 'server.crt'}\n"
+                          f"keyfile {workdir / 'server.key'}\n"
+                          f"listener {self.nodes[1].port} 127.0.0.1\n")
+        self.conf.write_text(f"{user}{listeners}"
                              "allow_anonymous true\npersistence true\n"
                              f"persistence_location {workdir}/\n"
                              f"max_queued_messages {max_queued}\nmax_connections -1\n")
         self.binary = binary("mosquitto", "mosquitto")
 
     def start_node(self, i: int = 0) -> None:
-        node = self.nodes[i]
+        node = self.nodes[0]  # one process serves every listener
         with open(self.workdir / "mosquitto.log", "ab") as log:
             node.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
                                          stderr=subprocess.STDOUT)
-        wait_until(lambda: mqtt_answers(node.port), "mosquitto")
+        wait_until(lambda: mqtt_answers(self.nodes[-1].port), "mosquitto")
 
     def start(self) -> Mosquitto:
         self.start_node(0)
@@ -114,6 +122,23 @@ class Mosquitto:
     def stop(self) -> None:
         for node in self.nodes:
             _kill(node, signal.SIGTERM)
+
+
+def make_test_pki(workdir: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (openssl); the CA's
+    file, for the devices to verify the broker with."""
+    def openssl(*args: str) -> None:
+        subprocess.run([binary("openssl", "openssl"), *args], cwd=workdir, check=True,
+                       capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
+            "ca.key", "-out", "ca.crt", "-subj", "/CN=maskwatch bench CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=localhost")
+    (workdir / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return workdir / "ca.crt"
 
 
 class NatsCluster:

@@ -11,6 +11,9 @@ session (QoS 1) counts what arrives. Two scenarios:
   each device took to be connected again (to another node), and what was lost.
 - `consumer-outage` (Mosquitto with deploy/mosquitto/fleet.conf's queue depth): the
   consumer goes away for `--outage` seconds while the devices keep publishing.
+- `tls-storm` (Mosquitto with a TLS listener): the broker is stopped and restarted after
+  `--outage` seconds, so every device reconnects, with a TLS handshake, at once. Reported:
+  how long each took to be connected again, and what was lost.
 
 Printed and written as JSON: produced, delivered (distinct), duplicates, missing seqs per
 device (gaps), reconnect time percentiles, end-to-end latency percentiles.
@@ -39,7 +42,8 @@ from ..factory import topics_from
 from .brokers import Mosquitto, NatsCluster
 from .measure import machine, write_json
 
-SCENARIOS = ("node-kill", "consumer-outage")
+SCENARIOS = ("node-kill", "consumer-outage", "tls-storm")
+RESTARTS = ("node-kill", "tls-storm")  # the devices' broker goes away and comes back
 
 
 @dataclass
@@ -121,14 +125,16 @@ def percentiles(values: list[float], scale: float = 1.0) -> dict:
             "mean": round(statistics.fmean(ordered) * scale, 1), "n": len(ordered)}
 
 
-def make_devices(count: int, hosts: list[str], workdir: Path) -> list[Device]:
+def make_devices(count: int, hosts: list[str], workdir: Path,
+                 ca_file: Path | None = None) -> list[Device]:
+    tls = ["mqtt.tls.enabled=true", f"mqtt.tls.ca_file={ca_file}"] if ca_file else []
     devices = []
     for i in range(count):
         name = f"fleet-{i:04d}"
         cfg = load(None, [f"mqtt.hosts={json.dumps(hosts)}", f"device_id={name}",
                           f"state_dir={workdir}", "mqtt.reconnect_min_s=0.5",
                           "mqtt.reconnect_max_s=5", "mqtt.keepalive=5",
-                          "homeassistant.enabled=false"])
+                          "homeassistant.enabled=false", *tls])
         outbox = ResilientOutbox(workdir / f"{name}.sqlite3")
         devices.append(Device(name, Publisher(cfg.mqtt, topics_from(cfg), outbox, None)))
     return devices
@@ -159,18 +165,22 @@ def watch_reconnects(devices: list[Device], stop: threading.Event) -> None:
 
 def run_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: float,
               workdir: Path, drain_s: float = 120.0) -> FleetReport:
-    broker = NatsCluster(workdir, 3) if scenario == "node-kill" else Mosquitto(workdir)
+    broker = NatsCluster(workdir, 3) if scenario == "node-kill" else \
+        Mosquitto(workdir, tls=scenario == "tls-storm")
     broker.start()
     consumer_node = broker.nodes[-1]
-    report = FleetReport(scenario, "nats-cluster-3" if scenario == "node-kill" else
-                         "mosquitto", count, rate, seconds, outage_s, machine=machine())
-    hosts = [f"127.0.0.1:{n.port}" for n in broker.nodes]
+    names = {"node-kill": "nats-cluster-3", "tls-storm": "mosquitto-tls"}
+    report = FleetReport(scenario, names.get(scenario, "mosquitto"), count, rate, seconds,
+                         outage_s, machine=machine())
+    ca_file = getattr(broker, "ca_file", None)
+    nodes = broker.nodes[:1] if ca_file else broker.nodes  # TLS devices: the TLS listener
+    hosts = [f"127.0.0.1:{n.port}" for n in nodes]
     stop_watch = threading.Event()
     devices: list[Device] = []
     consumer = Consumer(consumer_node.port)
     try:
         consumer.start()  # before the devices: the cluster sets up its MQTT streams now
-        devices = make_devices(count, hosts, workdir)
+        devices = make_devices(count, hosts, workdir, ca_file)
         for d in devices:
             d.publisher.start()
         deadline = time.monotonic() + 120
@@ -206,15 +216,17 @@ def _run_phases(scenario: str, broker, consumer: Consumer, devices: list[Device]
         now = time.monotonic()
         if not faulted and now >= fault_at:
             faulted = True
-            if scenario == "node-kill":
-                broker.kill(0)
+            if scenario in RESTARTS:  # NATS: a crash; Mosquitto: a restart (SIGTERM keeps
+                # its sessions on disk; a SIGKILLed Mosquitto forgets what it queued since
+                # its last autosave, which would be the broker's loss, not the devices')
+                broker.kill(0) if scenario == "node-kill" else broker.stop()
                 threading.Thread(target=watch_reconnects, args=(devices, stop_watch),
                                  daemon=True).start()
             else:
                 consumer.stop()
         if faulted and not recovered and now >= fault_over:
             recovered = True
-            if scenario == "node-kill":
+            if scenario in RESTARTS:
                 broker.start_node(0)
             else:
                 consumer.start()
