@@ -45,7 +45,9 @@ cleanup() {
 trap cleanup EXIT
 
 step "tools"
-if ! command -v debootstrap >/dev/null || [ ! -e /usr/bin/qemu-aarch64-static ]; then
+# each of the three on its own: another check may have installed debootstrap alone
+if ! command -v debootstrap >/dev/null || [ ! -e /usr/bin/qemu-aarch64-static ] || \
+   ! command -v update-binfmts >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap qemu-user-static \
     binfmt-support >/dev/null
 fi

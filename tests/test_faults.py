@@ -139,6 +139,9 @@ def test_database_locked_by_another_process_loses_nothing_and_never_stalls(broke
             t0 = time.monotonic()
             ids += produce(publisher, 1)
             slowest = max(slowest, time.monotonic() - t0)
+        # all 20 written while the other process still holds its 3 s lock: no write waited
+        # for the lock to go (a behaviour, not a timer; the slowest write is printed)
+        assert locker.poll() is None
         assert outbox.degraded  # the lock pushed events to memory ...
         locker.wait(timeout=30)
         time.sleep(0.3)
@@ -151,7 +154,6 @@ def test_database_locked_by_another_process_loses_nothing_and_never_stalls(broke
     assert first_seen(delivered_ids(collector)) == ids
     print(f"\ndatabase locked 3 s: produced 125, delivered {len(set(delivered_ids(collector)))}"
           f", lost 0; slowest write {slowest * 1000:.0f} ms")
-    assert slowest < 1.0  # a bounded wait (was 10 s): the camera loop keeps going
 
 
 def test_frozen_broker_then_back(make_broker, tmp_path):
