@@ -11,6 +11,7 @@ is not better than the current one (nothing changed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -91,7 +92,10 @@ def cmd_detect(args) -> int:
     from .factory import classifier_from, detector_from
 
     cfg = load_config(args)
-    settings = cfg.detect.using(args.detector) if args.detector else cfg.detect
+    # --detector is detect.detector: a detect.model given beside it is that detector's file
+    # (a file that does not fit it is an error, never a silent swap for the bundled one)
+    settings = dataclasses.replace(cfg.detect, detector=args.detector) if args.detector \
+        else cfg.detect
     out = annotate_dir(args.annotate)
     detector = detector_from(settings, cfg.state_dir)
     classifier = classifier_from(cfg.classify, cfg.state_dir)
@@ -180,6 +184,13 @@ def cmd_bench_detect(args) -> int:
     cfg = load_config(args)
     return bench_detectors(cfg, Path(args.voc), args.detectors.split(","), args.out,
                            min_face=args.min_face, limit=args.limit)
+
+
+def cmd_bench_near(args) -> int:
+    from .bench.near import bench_near
+
+    return bench_near(load_config(args), Path(args.train), Path(args.dev) if args.dev else None,
+                      args.per_class, args.out)
 
 
 def cmd_bench_track(args) -> int:
@@ -398,6 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images")
     p.add_argument("--out", default="bench/detectors.json")
     p.set_defaults(func=cmd_bench_detect)
+
+    p = sub.add_parser("bench-near", help="faces near the lens: face crops placed in 640x480 "
+                       "frames at 30-90 %% of their height, centred or cut by the edge, as "
+                       "photographed, dark or backlit; found-rate by size, class and light")
+    common(p)
+    p.add_argument("train", help="the training folder holding jolignier/ (../shared/data/train)")
+    p.add_argument("--dev", help="also the dev scenes' faces >= 48 px (a Pascal VOC folder)")
+    p.add_argument("--per-class", type=int, default=60, help="faces per class and source")
+    p.add_argument("--out", default="bench/near.json")
+    p.set_defaults(func=cmd_bench_near)
 
     p = sub.add_parser("bench-track", help="tracking against ground truth (synthetic sequences "
                        "of real faces) and people counts by detection rate")

@@ -107,8 +107,12 @@ def test_wrong_file_as_model(tmp_path):
     bogus.write_bytes(b"garbage")
     with pytest.raises(ModelError, match="cannot load YuNet"):
         create_detector(DetectConfig(detector="yunet"), bogus)
+    with pytest.raises(ModelError, match="is not a blazeface model"):
+        create_detector(DetectConfig(detector="blazeface"), bogus)  # .onnx: the wrong kind
+    tflite = tmp_path / "blazeface.tflite"
+    tflite.write_bytes(b"garbage")
     with pytest.raises(ModelError, match="cannot load TFLite"):
-        create_detector(DetectConfig(detector="blazeface"), bogus)
+        create_detector(DetectConfig(detector="blazeface"), tflite)
 
 
 def test_detect_cli_json_and_annotate(state_dir, dev_set, tmp_path):

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..vision.preprocess import Box
+from ..vision.preprocess import Box, area, intersection, iou  # noqa: F401 (re-exported)
 from .config import TrackConfig
 
 RECHECK_EVERY = 3  # a decided track is classified again every Nth detection (label changes)
@@ -42,22 +42,6 @@ VELOCITY_SMOOTHING = 0.5  # weight of the newest velocity estimate
 ALIVE_MOVE = 0.15  # the box centre moved this share of the face size: a live person
 ALIVE_PIXELS = 4.0  # mean grey-level change of the face signature: a live person
 
-
-def intersection(a: Box, b: Box) -> int:
-    """Area (pixels) the two boxes share; 0 when they are apart."""
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    return max(0, w) * max(0, h)
-
-
-def area(box: Box) -> int:
-    return box[2] * box[3]
-
-
-def iou(a: Box, b: Box) -> float:
-    inter = intersection(a, b)
-    union = area(a) + area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def best_match(box: Box, candidates: list[Box], min_iou: float = 0.3) -> int | None:

@@ -39,6 +39,9 @@ class DetectConfig:
     max_side: int = setting(480, "int", "frames are scaled to this long side for detection "
                             "(with the motion gate only the parts that move or hold people "
                             "are searched, at this scale)", low=64, high=4096)
+    coarse_side: int = setting(160, "int", "yunet: also search at this long side (near faces, "
+                               "which the max_side search scores low); 0: one scale only",
+                               low=0, high=4096)
     min_face: int = setting(20, "int", "ignore faces smaller than this (pixels)", low=4,
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,

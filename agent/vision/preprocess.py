@@ -18,6 +18,23 @@ import numpy as np
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels of the frame
 
 
+def intersection(a: Box, b: Box) -> int:
+    """Area (pixels) the two boxes share; 0 when they are apart."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(0, w) * max(0, h)
+
+
+def area(box: Box) -> int:
+    return box[2] * box[3]
+
+
+def iou(a: Box, b: Box) -> float:
+    inter = intersection(a, b)
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class CropSpec:
     """How a face box becomes a square classifier input."""

@@ -272,7 +272,8 @@ class HttpEndpoint:
             protocol_version = "HTTP/1.0"
 
             def log_message(self, fmt: str, *args) -> None:
-                log.debug("%s %s", self.address_string(), (fmt % args).split("?", 1)[0])
+                # the status stays, the query goes (it may hold a token)
+                log.debug("%s %s", self.address_string(), QUERY.sub("?…", fmt % args))
 
             def log_error(self, fmt: str, *args) -> None:
                 throttle.log(logging.INFO, "bad", "bad HTTP request from %s: %s",

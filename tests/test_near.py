@@ -1,0 +1,87 @@
+"""Faces near the lens: two-scale detection, the near-camera bench, and the detector's
+model file paired with the detector asked for."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+
+import pytest
+
+from maskwatch.agent.config import DetectConfig, load
+from maskwatch.agent.errors import ModelError
+from maskwatch.agent.factory import detector_from
+from maskwatch.agent.vision.detect import Face, create_detector, join_scales
+from maskwatch.agent.vision.preprocess import iou
+
+from .conftest import agent_command
+
+
+def test_coarse_faces_join_only_where_no_fine_face_is():
+    fine = [Face((100, 100, 40, 40), 0.9)]
+    coarse = [Face((96, 98, 48, 46), 0.8),  # the same face, seen coarser: dropped
+              Face((300, 60, 200, 220), 0.7),  # a near face the fine search scored low
+              Face((90, 90, 120, 120), 0.6)]  # around the fine face's centre: the same face
+    joined = join_scales(fine, coarse)
+    assert [f.box for f in joined] == [(100, 100, 40, 40), (300, 60, 200, 220)]
+
+
+def test_near_masked_faces_are_found_more_with_the_coarse_search(shared):
+    """Real masked crops (jolignier) placed at 70 and 90 % of a 640x480 frame's height:
+    the two-scale detector finds more of them than the 480 px search alone, and every
+    face the single scale finds is still found."""
+    from maskwatch.agent.bench.near import compose, jolignier_crops
+
+    crops = [c for c in jolignier_crops(shared / "data" / "train", 30) if c.label == "with_mask"]
+    two = detector_from(load(None, []).detect)
+    one = detector_from(dataclasses.replace(load(None, []).detect, coarse_side=0))
+    found = {"one": set(), "two": set()}
+    for i, crop in enumerate(crops):
+        for size in (0.7, 0.9):
+            frame, truth = compose(crop, size, "normal", "centre")
+            for name, detector in (("one", one), ("two", two)):
+                if any(iou(f.box, truth) >= 0.3 for f in detector.detect(frame)):
+                    found[name].add((i, size))
+    assert found["one"] <= found["two"] and len(found["two"]) > len(found["one"])
+    print(f"\nnear masked (70 and 90 %): one scale {len(found['one'])}, two scales "
+          f"{len(found['two'])} of {2 * len(crops)}")
+
+
+def test_bench_near_prints_found_rates_by_size_light_and_placement(shared, tmp_path):
+    out = tmp_path / "near.json"
+    result = subprocess.run(agent_command("bench-near", str(shared / "data" / "train"),
+                                          "--per-class", "3", "--out", str(out)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["frames"] == 6 * 4 * 3 * 2  # faces x sizes x lights x placements
+    assert set(report["by_light"]["with_mask"]) == {"normal", "dark", "backlit"}
+    assert "found, centred" in result.stdout
+
+
+def test_a_detector_model_that_does_not_fit_is_one_line_never_a_swap(state_dir, dev_set):
+    image = sorted((dev_set / "images").iterdir())[0]
+    yunet = state_dir / "models" / "face_detection_yunet_2023mar.onnx"
+    result = subprocess.run(agent_command("detect", "--detector", "blazeface", "--set",
+                                          f"detect.model={yunet}", "--set",
+                                          f"state_dir={state_dir}", str(image)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        f"mask-agent: error: {yunet} is not a blazeface model (it takes a .tflite file)"]
+
+
+def test_detector_flag_takes_the_model_given_beside_it(state_dir):
+    full = state_dir / "models" / "face_detection_full_range.tflite"
+    detector = create_detector(DetectConfig(detector="blazeface", model=str(full)), full)
+    assert detector.input_size == 192  # the full-range model, not the short-range default
+
+
+def test_coarse_side_not_below_max_side_means_one_scale(state_dir):
+    yunet = state_dir / "models" / "face_detection_yunet_2023mar.onnx"
+    detector = create_detector(DetectConfig(max_side=160, coarse_side=160), yunet)
+    assert detector.coarse_side == 0
+    with pytest.raises(ModelError):
+        create_detector(DetectConfig(detector="yunet"), state_dir / "models" /
+                        "face_detection_full_range.tflite")
