@@ -274,9 +274,10 @@ class Agent:
             if until_eof and not self.stop_event.is_set():
                 drain = UNTIL_EOF_DRAIN_S if self.publisher.ever_connected else \
                     NEVER_CONNECTED_DRAIN_S
-            if self.outbox.depth():
+            queued = self.outbox.depth()
+            if queued:
                 log.info("waiting up to %.0f s for the broker to take %d queued events", drain,
-                         self.outbox.depth())
+                         queued)
             left = self.publisher.stop(drain_timeout_s=drain)
         if self.http is not None:
             self.http.stop()

@@ -27,10 +27,6 @@ from .mqtt_helpers import Collector
 pytestmark = pytest.mark.faults  # broker down, restarted, SIGKILL, full outbox, lost source
 
 
-def persistent(tmp_path):
-    return mosquitto_persistent(tmp_path)
-
-
 def numbers(collector) -> list[int]:
     return [json.loads(p)["n"] for p in collector.on("/events")]
 
@@ -100,7 +96,7 @@ def test_broker_restarted_mid_burst(matrix_broker, tmp_path):
 def test_agent_killed_while_broker_down_delivers_after_restart(make_broker, tmp_path,
                                                                 state_dir, street_video):
     """SIGKILL the real agent mid-video with no broker; the next start delivers it all."""
-    broker = make_broker(persistent(tmp_path))
+    broker = make_broker(mosquitto_persistent(tmp_path))
     port = broker.port
     common = ["--set", f"state_dir={tmp_path / 'state'}", "--set", f"mqtt.port={port}",
               "--set", "mqtt.host=127.0.0.1", "--set", "device_id=door9",
@@ -252,13 +248,11 @@ def test_the_agent_delivers_every_event_on_each_broker(matrix_broker, tmp_path):
 def test_a_broker_stopping_is_said_in_words_not_unspecified_error(broker, tmp_path, caplog):
     import logging
 
-    from maskwatch.agent.config import load
     from maskwatch.agent.delivery.outbox import ResilientOutbox
-    from maskwatch.agent.delivery.publish import Publisher
-    from maskwatch.agent.factory import topics_from
 
-    cfg = load(None, [f"mqtt.port={broker.port}", "mqtt.host=127.0.0.1", "device_id=words"])
-    publisher = Publisher(cfg.mqtt, topics_from(cfg), ResilientOutbox(tmp_path / "o.db"), None)
+    from .test_faults import publisher_for
+
+    publisher = publisher_for(broker.port, ResilientOutbox(tmp_path / "o.db"), "words")
     with caplog.at_level(logging.INFO, logger="maskwatch"):
         publisher.start()
         try:

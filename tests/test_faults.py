@@ -25,17 +25,17 @@ from maskwatch.agent.delivery.publish import Publisher
 from maskwatch.agent.demo import DEMO_CLIP
 from maskwatch.agent.factory import topics_from
 
-from .conftest import agent_command, free_port, missing
+from .conftest import agent_command, free_port, missing, mosquitto_persistent
 from .mqtt_helpers import Collector
-from .test_delivery import persistent
 
 pytestmark = pytest.mark.faults
 
 
-def publisher_for(port: int, outbox: ResilientOutbox, device: str = "faulty") -> Publisher:
+def publisher_for(port: int, outbox: ResilientOutbox, device: str = "faulty",
+                  *settings: str) -> Publisher:
     cfg = load(None, [f"mqtt.port={port}", "mqtt.host=127.0.0.1", f"device_id={device}",
                       "mqtt.reconnect_min_s=0.2", "mqtt.reconnect_max_s=0.5",
-                      "homeassistant.enabled=false"])
+                      "homeassistant.enabled=false", *settings])
     return Publisher(cfg.mqtt, topics_from(cfg), outbox, None)
 
 
@@ -178,7 +178,7 @@ def test_frozen_broker_then_back(make_broker, tmp_path):
 
 
 def test_unmasked_alerts_are_queued_through_an_outage(make_broker, tmp_path):
-    broker = make_broker(persistent(tmp_path)).start()  # the subscriber's queue survives
+    broker = make_broker(mosquitto_persistent(tmp_path)).start()  # the subscriber's queue survives
     publisher = publisher_for(broker.port, ResilientOutbox(tmp_path / "o.sqlite3"))
     collector = Collector(broker.port, "maskwatch/faulty/unmasked")
     publisher.start()

@@ -16,7 +16,7 @@ from maskwatch.agent.demo import DEMO_CLIP
 
 from .conftest import free_port, need_tool
 from .mqtt_helpers import Collector
-from .test_faults import run_agent
+from .test_faults import publisher_for, run_agent
 
 pytestmark = pytest.mark.faults
 
@@ -151,16 +151,10 @@ def test_two_devices_from_one_image_are_told_they_share_a_client_id(broker, tmp_
     device logs, loudly, that another client uses its id."""
     import time
 
-    from maskwatch.agent.config import load
     from maskwatch.agent.delivery.outbox import ResilientOutbox
-    from maskwatch.agent.delivery.publish import Publisher
-    from maskwatch.agent.factory import topics_from
 
-    cfg = load(None, [f"mqtt.port={broker.port}", "mqtt.host=127.0.0.1", "device_id=clone",
-                      "mqtt.client_id=maskwatch-clone", "mqtt.reconnect_min_s=0.2",
-                      "mqtt.reconnect_max_s=1"])
-    twins = [Publisher(cfg.mqtt, topics_from(cfg), ResilientOutbox(tmp_path / f"{i}.db"), None)
-             for i in range(2)]
+    twins = [publisher_for(broker.port, ResilientOutbox(tmp_path / f"{i}.db"), "clone",
+                           "mqtt.client_id=maskwatch-clone") for i in range(2)]
     for twin in twins:
         twin.start()
     try:

@@ -13,23 +13,18 @@ from .conftest import agent_command, free_port, need_tool
 from .mqtt_helpers import Collector
 
 
-def openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
+    """The bench's CA and server certificate (ca.crt, server.crt, server.key), and a second,
+    rogue CA (rogue.crt) that the broker's certificate does not chain to."""
+    from maskwatch.agent.bench.brokers import make_test_pki
+
     need_tool("openssl", "apt-get install openssl")
     d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "rogue"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-subj", f"/CN=maskwatch {ca}",
-                cwd=d)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=localhost", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
+    make_test_pki(d)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", "rogue.key", "-out", "rogue.crt", "-subj", "/CN=maskwatch rogue"],
+                   cwd=d, check=True, capture_output=True)
     return d
 
 

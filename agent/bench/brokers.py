@@ -10,6 +10,7 @@ its MQTT listener accepts a CONNECT (it refuses until JetStream has a leader).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -171,19 +172,15 @@ class NatsCluster:
                                                                  f"{node.name}.conf")],
                                          stdout=log, stderr=subprocess.STDOUT)
         if wait:
-            wait_until(lambda: self._answers_or_died(node), f"nats node {node.name}")
-
-    def _answers_or_died(self, node: Node) -> bool:
-        if node.proc is not None and node.proc.poll() is not None:
-            log = (self.workdir / f"{node.name}.log").read_text(errors="replace")
-            raise RuntimeError(f"nats-server {node.name} exited: {log[-400:]}")
-        return mqtt_answers(node.port)
+            wait_until(lambda: answers_or_died(node, self.workdir / f"{node.name}.log"),
+                       f"nats node {node.name}")
 
     def start(self) -> NatsCluster:
         for i in range(len(self.nodes)):  # all up first: JetStream needs a quorum
             self.start_node(i, wait=False)
         for node in self.nodes:
-            wait_until(lambda node=node: self._answers_or_died(node), f"nats node {node.name}")
+            wait_until(lambda node=node: answers_or_died(node, self.workdir / f"{node.name}.log"),
+                       f"nats node {node.name}")
         return self
 
     def kill(self, i: int) -> None:
@@ -229,61 +226,47 @@ class RabbitMQ:
             (workdir / folder).mkdir(exist_ok=True)
 
     def start_node(self, i: int = 0) -> None:
-        import os
-
         node = self.nodes[i]
         with open(self.workdir / "rabbitmq.log", "ab") as log:
             node.proc = subprocess.Popen([self.binary], stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **self.env}, cwd=self.workdir,
                                          start_new_session=True)  # its Erlang VM and epmd
-        wait_until(lambda: self._answers_or_died(node), "rabbitmq")
-
-    def _answers_or_died(self, node: Node) -> bool:
-        if node.proc is not None and node.proc.poll() is not None:
-            log = (self.workdir / "rabbitmq.log").read_text(errors="replace")
-            raise RuntimeError(f"rabbitmq-server exited: {log[-600:]}")
-        return mqtt_answers(node.port)
+        wait_until(lambda: answers_or_died(node, self.workdir / "rabbitmq.log"), "rabbitmq")
 
     def start(self) -> RabbitMQ:
         self.start_node(0)
         return self
 
     def kill(self, i: int = 0) -> None:
-        _kill_group(self.nodes[i], signal.SIGKILL)
+        _kill(self.nodes[i], group=True)
 
     def stop(self) -> None:
-        for node in self.nodes:
-            _kill_group(node, signal.SIGTERM)
+        for node in self.nodes:  # SIGTERM lets RabbitMQ stop cleanly
+            _kill(node, signal.SIGTERM, group=True)
 
 
-def _kill_group(node: Node, sig: int) -> None:
-    """The node's whole process group (the server script, its Erlang VM, epmd if it began
-    one): SIGTERM lets RabbitMQ stop cleanly."""
-    import os
+def answers_or_died(node: Node, log: Path) -> bool:
+    """Readiness of a node that may also fail to start: its log's tail when it exited."""
+    if node.proc is not None and node.proc.poll() is not None:
+        raise RuntimeError(f"{node.name} exited: {log.read_text(errors='replace')[-600:]}")
+    return mqtt_answers(node.port)
 
+
+def _kill(node: Node, sig: int = signal.SIGKILL, group: bool = False) -> None:
+    """Signal the node (with `group`, its whole process group: RabbitMQ's script, its
+    Erlang VM, epmd if it began one) and wait; SIGKILL if it is still there after 150 s
+    (NATS's lame duck mode may take its full duration)."""
     if node.proc is not None and node.proc.poll() is None:
+        send = (lambda s: os.killpg(node.proc.pid, s)) if group else node.proc.send_signal
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.proc.pid, sig)
+            send(sig)
         try:
-            node.proc.wait(timeout=30)
+            node.proc.wait(timeout=150)
         except subprocess.TimeoutExpired:
-            os.killpg(node.proc.pid, signal.SIGKILL)
-            node.proc.wait(timeout=10)
-    node.proc = None
-
-
-def _kill(node: Node, sig: int = signal.SIGKILL) -> None:
-    if node.proc is not None and node.proc.poll() is None:
-        node.proc.send_signal(sig)
-        try:
-            node.proc.wait(timeout=150)  # lame duck mode may take its full duration
-        except subprocess.TimeoutExpired:
-            node.proc.kill()
+            send(signal.SIGKILL)
             node.proc.wait(timeout=10)
     node.proc = None
 
 
 def _is_root() -> bool:
-    import os
-
     return os.geteuid() == 0

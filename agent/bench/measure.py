@@ -173,7 +173,6 @@ def _bench_source(job: PipelineBench):
 
 def _sized_like_video(job: PipelineBench) -> PipelineBench:
     """The empty mode's job with the video's frame size (unless --size) and length."""
-    from ..errors import SourceError
     from ..vision.camera import FileSource
 
     source = FileSource(job.video)

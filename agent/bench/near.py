@@ -19,7 +19,6 @@ box (clipped to the frame) with IoU >= 0.3. Reported: found-rate by size and cla
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,7 +73,9 @@ def dev_crops(voc: Path, per_class: int) -> list[FaceCrop]:
         big = [f for f in faces if f.label in counts and counts[f.label] < per_class and
                min(f.box[2], f.box[3]) >= MIN_DEV_FACE]
         image = cv2.imread(str(image_path)) if big else None
-        for face in big if image is not None else []:
+        if image is None:
+            continue
+        for face in big:
             x, y, w, h = face.box
             mx, my = int(round(w * MARGIN)), int(round(h * MARGIN))
             padded = cv2.copyMakeBorder(image, my, my, mx, mx, cv2.BORDER_REPLICATE)
@@ -181,8 +182,7 @@ def print_near(report: dict, cfg: Config, faces: int, times: list[float]) -> Non
         print(f"  {label:<32} {' '.join(_pct(row[p]) for p in PLACEMENTS)}")
     print(f"backlit masked faces by height: "
           f"{' '.join(_pct(report['backlit_masked_by_size'][str(s)]) for s in SIZES)}")
-    print(f"by source: {report['by_source']}; boxes on no face: {report['other_boxes']}",
-          file=sys.stdout)
+    print(f"by source: {report['by_source']}; boxes on no face: {report['other_boxes']}")
 
 
 def _pct(value: float | None) -> str:

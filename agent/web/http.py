@@ -289,14 +289,16 @@ class HttpEndpoint:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _json(self, status: int, data: dict) -> None:
-                self._send(status, json.dumps(data).encode(), "application/json")
+            def _json(self, status: int, data: dict,
+                      headers: dict[str, str] | None = None) -> None:
+                self._send(status, json.dumps(data).encode(), "application/json", headers)
 
-            def _error(self, status: int, message: str) -> None:
+            def _error(self, status: int, message: str,
+                       headers: dict[str, str] | None = None) -> None:
                 if status >= 400 and status != HTTPStatus.NOT_FOUND:
                     log.info("HTTP %d for %s %s from %s: %s", status, self.command,
                              self._path(), self.address_string(), message)
-                self._json(status, {"error": message})
+                self._json(status, {"error": message}, headers)
 
             def _allowed(self) -> bool:
                 if endpoint.authorised(self.headers.get("Authorization")):
@@ -395,10 +397,8 @@ class HttpEndpoint:
                 elif path == "/snapshot.jpg":
                     self._snapshot()
                 elif path == "/v1/predict":
-                    log.info("HTTP 405 for GET /v1/predict from %s", self.address_string())
-                    self._send(HTTPStatus.METHOD_NOT_ALLOWED, json.dumps(
-                        {"error": "POST an encoded image as the request body"}).encode(),
-                        "application/json", {"Allow": "POST"})
+                    self._error(HTTPStatus.METHOD_NOT_ALLOWED,
+                                "POST an encoded image as the request body", {"Allow": "POST"})
                 else:
                     self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
 
