@@ -4,8 +4,8 @@ Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data (undecodable or t
 large image), 66 input or source not found, 69 broker or download unavailable,
 74 the state directory could not be written (events were kept in memory only),
 75 --until-eof ended with events undelivered (kept in the outbox), 78 invalid
-configuration or model (systemd does not restart on 78), 3 `adapt` fitted a head that
-is not better than the current one (nothing changed).
+configuration or model (systemd does not restart on 78), 3 `adapt` found neither a head
+nor a detector threshold honestly better than the current ones (nothing changed).
 """
 
 from __future__ import annotations
@@ -239,26 +239,40 @@ def cmd_adapt(args) -> int:
     from .factory import classifier_from, detector_from
     from .site.doorway import (
         adapt_site,
+        detector_status,
         head_status,
-        label_folder_features,
+        install_threshold,
         open_store,
         print_report,
         revert,
+        threshold_in_use,
     )
+    from .site.photos import label_folder_features
 
     cfg = load_config(args)
     if args.revert:
-        print("reverted to the bundle's head" if revert(cfg.state_dir)
-              else "no site head: nothing to do")
+        print("reverted to the bundle's head and the configured detector threshold"
+              if revert(cfg.state_dir) else "no site head or detector threshold: nothing to do")
         return 0
     classifier = classifier_from(cfg.classify, cfg.state_dir)
     if args.status:
-        print(json.dumps(head_status(cfg.state_dir, classifier), indent=2))
+        print(json.dumps({**head_status(cfg.state_dir, classifier),
+                          "detector": detector_status(cfg.state_dir, cfg.detect)}, indent=2))
         return 0
-    parts = []
+    parts, photos = [], None
     if args.labels:
-        detector = detector_from(cfg.detect, cfg.state_dir)
-        parts.append(label_folder_features(Path(args.labels), classifier, detector))
+        detector = detector_from(cfg.detect, cfg.state_dir, site_tuning=False)
+        photos = label_folder_features(Path(args.labels), classifier, detector,
+                                       threshold_in_use(cfg.detect, cfg.state_dir),
+                                       tune=cfg.detect.site_tuning)
+        if photos.detector and photos.detector.accepted and not args.dry_run:
+            install_threshold(cfg.state_dir, cfg.detect.detector, photos.detector)
+        if len(photos.y):
+            parts.append((photos.x, photos.y))
+        else:
+            left = sum(len(v) for v in photos.left_out.values())
+            raise UsageError(f"--labels {args.labels}: no face found in any photo ({left} "
+                             "left out; see --json for their names)")
     if not args.labels or args.with_samples:
         x, y = open_store(cfg.adapt, cfg.state_dir).labelled_features()
         if len(y):
@@ -269,8 +283,9 @@ def cmd_adapt(args) -> int:
     site_x = np.concatenate([x for x, _ in parts])
     site_y = np.concatenate([y for _, y in parts])
     report = adapt_site(cfg.state_dir, classifier, site_x, site_y, write=not args.dry_run)
-    print_report(report, args.json)
-    return 0 if report.accepted else EXIT_NOT_ADAPTED
+    print_report(report, photos, args.json)
+    detector_changed = bool(photos and photos.detector and photos.detector.accepted)
+    return 0 if report.accepted or detector_changed else EXIT_NOT_ADAPTED
 
 
 def frame_size_arg(text: str) -> tuple[int, int]:
@@ -370,17 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_samples)
 
-    p = sub.add_parser("adapt", help="fit a site head on labelled faces of this site "
-                       f"(exit {EXIT_NOT_ADAPTED} when it is not better: the current head stays)")
+    p = sub.add_parser("adapt", help="fit a site head (and, from labelled photos, a detector "
+                       "threshold) for this site (exit "
+                       f"{EXIT_NOT_ADAPTED} when neither is better: nothing changes)")
     common(p)
     p.add_argument("--labels", metavar="DIR", help="with_mask/ and without_mask/ folders of "
-                   "crops or photos (instead of the labelled collected samples)")
+                   "crops or photos, one person each (instead of the labelled collected "
+                   "samples); photos the detector finds no single face in are left out")
     p.add_argument("--with-samples", action="store_true",
                    help="with --labels: also use the labelled collected samples")
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
-    p.add_argument("--revert", action="store_true", help="go back to the bundle's own head")
-    p.add_argument("--status", action="store_true", help="print the head in use and its "
-                   "provenance")
+    p.add_argument("--revert", action="store_true", help="go back to the bundle's own head and "
+                   "the configured detector threshold")
+    p.add_argument("--status", action="store_true", help="print the head and detector "
+                   "threshold in use and their provenance")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapt)
 

@@ -20,12 +20,19 @@ from .vision.detect import Detector, create_detector
 from .vision.head import head_path
 from .vision.models import detector_model_path
 from .vision.motion import MotionGate
+from .vision.tuning import TuningFile, tuning_path
 
 
-def detector_from(settings: DetectConfig, state_dir: str | Path | None = None) -> Detector:
-    """The configured detector (ModelError when its model file is missing or bad)."""
+def detector_from(settings: DetectConfig, state_dir: str | Path | None = None,
+                  site_tuning: bool = True) -> Detector:
+    """The configured detector (ModelError when its model file is missing or bad), with
+    the score threshold fitted at this site in `state_dir` when there is one (and
+    `detect.site_tuning`; `adapt` itself searches from the configured threshold)."""
     model = detector_model_path(settings.detector, settings.model, state_dir or ".")
-    return create_detector(settings, model)
+    tuning = None
+    if state_dir and site_tuning and settings.site_tuning and settings.detector != "haar":
+        tuning = TuningFile(tuning_path(state_dir), settings.detector, settings.score_threshold)
+    return create_detector(settings, model, tuning)
 
 
 def classifier_from(settings: ClassifyConfig, state_dir: str | Path | None = None) -> Classifier:

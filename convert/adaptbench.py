@@ -7,6 +7,16 @@ agent would decide them (a refused head leaves the current one in place). Repeat
 random draws; prints the curve and writes JSON. Also measures the refit on 2,000 samples
 (seconds, peak extra memory) and the per-face cost with a site head in use.
 
+Only what the agent would see: a photo site's faces are cut by the agent's own detector at
+its default settings, and a photo with no face found (or several, none clearly the
+subject) is left out and counted, never replaced by the whole image. Per site and k the
+harm is reported beside the mean: the worst draw's change and the share of draws that end
+below the unadapted model.
+
+Photo sites also get the detector's part: each photo holds a face, so k labelled photos
+per class fit a detector threshold (`agent.site.threshold`), and the site's other photos
+score it: the share with their face found, and faces added per photo, before and after.
+
 Each site also gets a ceiling: the same fit given every label of the site but one fold's
 (5-fold cross-validation, the head taken whether or not the device would accept it). It is
 the most that refitting the last layer can buy there, so a target above it is out of
@@ -15,6 +25,7 @@ reach of any number of labels, and the gap between a k row and it is what more l
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -24,17 +35,20 @@ from pathlib import Path
 import numpy as np
 
 from maskwatch.agent.bench.measure import machine, timings, write_json
+from maskwatch.agent.config import DetectConfig
+from maskwatch.agent.factory import detector_from
 from maskwatch.agent.site.adapt import FitOptions, balanced_accuracy, fit_head, fold_ids, metrics
+from maskwatch.agent.site.photos import crops_of, search
+from maskwatch.agent.site.threshold import added_faces, fit_threshold, threshold_grid
 from maskwatch.agent.vision.classify import Classifier
 from maskwatch.agent.vision.decision import MASK, NO_MASK
 from maskwatch.agent.vision.head import Head
-from maskwatch.agent.vision.models import bundled_model_path
 from maskwatch.agent.vision.preprocess import face_input
 from maskwatch.agent.vision.voc import is_voc, read_voc
 
 from .dataset import scan
 from .errors import ConvertError
-from .faces import FaceCropper, read_image
+from .faces import read_image
 
 KS = (5, 10, 20, 50)
 
@@ -57,35 +71,90 @@ def parse_site(text: str) -> Site:
 
 
 def site_faces(site: Site, classifier: Classifier, detector_model: str | None, min_face: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, labels 1 = without_mask, bundle P(no mask)) of the site's faces, cropped
-    as the device crops them (VOC: the annotated box; photos: the subject face)."""
-    crops, labels = [], []
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(features, labels 1 = without_mask, bundle P(no mask), photos left out by reason)
+    of the site's faces, cut as the device cuts them (VOC: the annotated box; photos: the
+    subject face the agent's detector finds at its default settings)."""
     if is_voc(site.data):
+        crops, labels = [], []
         for face in read_voc(site.data):
             if face.label in (MASK, NO_MASK) and face.size >= min_face:
                 image = read_image(face.image)
                 if image is not None:
                     crops.append(face_input(image, face.box, classifier.crop))
                     labels.append(int(face.label == NO_MASK))
+        if not crops:
+            raise ConvertError(f"site {site.name}: no faces in {site.data}")
+        _, x = classifier.infer(np.stack(crops))
+        y, left_out = np.array(labels), {}
     else:
-        cropper = FaceCropper(classifier.crop,
-                              detector_model or str(bundled_model_path("yunet")), None)
-        for sample in scan([str(site.data)], [MASK, NO_MASK]).samples:
-            loaded = cropper.load(sample)
-            if loaded is None:
-                continue
-            image, box = loaded
-            crops.append(face_input(image, box, classifier.crop))
-            labels.append(int(sample.label == NO_MASK))
-    if not crops:
-        raise ConvertError(f"site {site.name}: no faces in {site.data}")
-    scores, features = classifier.infer(np.stack(crops))
-    return features, np.array(labels), scores[:, classifier.labels.index(NO_MASK)]
+        searched, unreadable = search(site_photos(site), agent_detector(detector_model), [None])
+        photos = crops_of(searched, 0, classifier, unreadable, None)
+        x, y = photos.x, photos.y
+        left_out = {reason: len(names) for reason, names in photos.left_out.items()}
+        if not len(y):
+            raise ConvertError(f"site {site.name}: no faces found in {site.data}")
+    return x, y, classifier.bundle_head().no_mask_probability(x), left_out
+
+
+def site_photos(site: Site) -> list[tuple[Path, int]]:
+    return [(sample.path, int(sample.label == NO_MASK))
+            for sample in scan([str(site.data)], [MASK, NO_MASK]).samples]
+
+
+def agent_detector(detector_model: str | None):
+    """The agent's detector at its default settings (no site tuning)."""
+    return detector_from(DetectConfig(model=detector_model))
+
+
+def detector_part(site: Site, detector_model: str | None, k: int, repeats: int, seed: int,
+                  sample: int) -> dict:
+    """Detector threshold fitted on k labelled photos per class, judged on `sample` other
+    photos of the site (the threshold grid is searched once per photo)."""
+    rng = np.random.default_rng(seed)
+    paths = site_photos(site)
+    chosen = rng.choice(len(paths), min(sample, len(paths)), replace=False)
+    grid = threshold_grid(DetectConfig().score_threshold)
+    searched, _ = search([paths[i] for i in chosen], agent_detector(detector_model), grid)
+    counts = np.array([[len(faces) for faces in per] for _, _, per in searched])
+    labels = np.array([value for _, value, _ in searched])
+    added = added_faces(counts)
+    draws = []
+    for _ in range(repeats):
+        picked = np.concatenate([rng.choice(np.flatnonzero(labels == c),
+                                            min(k, int(np.sum(labels == c)) // 2),
+                                            replace=False) for c in (0, 1)])
+        rest = np.setdiff1d(np.arange(len(labels)), picked)
+        report = fit_threshold(counts[picked], grid)
+        j = grid.index(report.threshold)
+        masked = rest[labels[rest] == 0]
+        draws.append({"accepted": report.accepted, "threshold": report.threshold,
+                      "found_before": float(np.mean(counts[rest, 0] >= 1)),
+                      "found_after": float(np.mean(counts[rest, j] >= 1)),
+                      "masked_found_before": float(np.mean(counts[masked, 0] >= 1)),
+                      "masked_found_after": float(np.mean(counts[masked, j] >= 1)),
+                      "added_per_photo": float(np.mean(added[rest, j]))})
+    return {"k": k, "repeats": repeats, "photos": len(labels),
+            "accepted": sum(d["accepted"] for d in draws),
+            "found_before": round(float(np.mean([d["found_before"] for d in draws])), 4),
+            "found_after": round(float(np.mean([d["found_after"] for d in draws])), 4),
+            "found_after_min": round(min(d["found_after"] for d in draws), 4),
+            "masked_found_before": round(float(np.mean([d["masked_found_before"]
+                                                         for d in draws])), 4),
+            "masked_found_after": round(float(np.mean([d["masked_found_after"]
+                                                        for d in draws])), 4),
+            "added_per_photo": round(float(np.mean([d["added_per_photo"] for d in draws])), 4),
+            "added_per_photo_max": round(max(d["added_per_photo"] for d in draws), 4),
+            "thresholds": sorted({d["threshold"] for d in draws}),
+            "found_by_threshold": {str(t): round(float(np.mean(counts[:, j] >= 1)), 4)
+                                   for j, t in enumerate(grid)}}
 
 
 def simulate(x, y, p_bundle, classifier: Classifier, ks, repeats: int, seed: int,
              options: FitOptions | None = None) -> list[dict]:
+    """Per k, `repeats` draws of k labels per class: each draw's head judged by `adapt`'s
+    rule and, whatever the verdict, scored on the site's other faces (`draws`: what the
+    labels said of it beside what it would have done, so the rule can be checked)."""
     prior = classifier.bundle_head()
     anchor_x, anchor_y = classifier.anchors()
     rng = np.random.default_rng(seed)
@@ -93,7 +162,7 @@ def simulate(x, y, p_bundle, classifier: Classifier, ks, repeats: int, seed: int
     for k in ks:
         if min(np.sum(y == 0), np.sum(y == 1)) < 2 * k:
             continue
-        before, after, accepted, seconds = [], [], 0, []
+        before, after, accepted, seconds, draws = [], [], 0, [], []
         for _ in range(repeats):
             chosen = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False)
                                      for c in (0, 1)])
@@ -102,15 +171,18 @@ def simulate(x, y, p_bundle, classifier: Classifier, ks, repeats: int, seed: int
             report = fit_head(x[chosen], y[chosen], anchor_x, anchor_y, prior, None,
                               p_bundle[chosen], options or FitOptions())
             seconds.append(report.seconds)
-            if report.accepted:
-                accepted += 1
-                a = metrics(y[rest], report.head.no_mask_probability(x[rest]),
-                            report.head.threshold)
-            else:
-                a = b
+            fitted = metrics(y[rest], report.head.no_mask_probability(x[rest]),
+                             report.head.threshold)
+            draws.append({"accepted": report.accepted,
+                          "fixed": report.after["site"]["fixed"],
+                          "broken": report.after["site"]["broken"],
+                          "change_if_taken": round(fitted["balanced_accuracy"]
+                                                   - b["balanced_accuracy"], 4)})
+            accepted += report.accepted
             before.append(b)
-            after.append(a)
-        rows.append(summarise(k, before, after, accepted, repeats, seconds))
+            after.append(fitted if report.accepted else b)
+        rows.append({**summarise(k, before, after, accepted, repeats, seconds),
+                     "draws": draws})
     return rows
 
 
@@ -139,6 +211,7 @@ def summarise(k, before, after, accepted, repeats, seconds) -> dict:
 
     gains = [a["balanced_accuracy"] - b["balanced_accuracy"] for a, b in zip(after, before)]
     return {"k": k, "repeats": repeats, "accepted": accepted,
+            "below_unadapted": round(float(np.mean(np.array(gains) < -1e-9)), 4),
             "balanced_accuracy_before": mean(before, "balanced_accuracy"),
             "balanced_accuracy_after": mean(after, "balanced_accuracy"),
             "balanced_accuracy_after_min": round(min(a["balanced_accuracy"] for a in after), 4),
@@ -179,29 +252,46 @@ def per_face_ms(classifier: Classifier, runs: int = 2000) -> dict:
     return out
 
 
-def bench_adapt(sites: list[Site], detector_model: str | None, out: Path, repeats: int = 10,
-                min_face: int = 20, seed: int = 1) -> int:
+def bench_adapt(sites: list[Site], detector_model: str | None, out: Path, repeats: int = 20,
+                min_face: int = 20, seed: int = 1, detector_k: int = 20,
+                detector_sample: int = 600, options: FitOptions | None = None) -> int:
     results = []
     print(f"{'site':<16} {'k':>3} {'bal.acc before':>15} {'after':>7} {'min after':>10} "
-          f"{'worst change':>13} {'no-mask recall':>15} {'accepted':>9}")
+          f"{'worst change':>13} {'below':>6} {'no-mask recall':>15} {'accepted':>9}")
     cost = face_cost = None
     for site in sites:
         classifier = Classifier(site.bundle)
-        x, y, p = site_faces(site, classifier, detector_model, min_face)
-        rows = simulate(x, y, p, classifier, KS, repeats, seed)
+        x, y, p, left_out = site_faces(site, classifier, detector_model, min_face)
+        rows = simulate(x, y, p, classifier, KS, repeats, seed, options)
         top = ceiling(x, y, p, classifier)
         for r in rows:
             print(f"{site.name:<16} {r['k']:>3} {r['balanced_accuracy_before']:>15.1%} "
                   f"{r['balanced_accuracy_after']:>7.1%} {r['balanced_accuracy_after_min']:>10.1%} "
-                  f"{r['worst_change']:>+13.1%} {r['no_mask_recall_before']:>6.1%} -> "
+                  f"{r['worst_change']:>+13.1%} {r['below_unadapted']:>6.0%} "
+                  f"{r['no_mask_recall_before']:>6.1%} -> "
                   f"{r['no_mask_recall_after']:>6.1%} {r['accepted']:>5}/{r['repeats']}")
         print(f"{site.name:<16} {'all':>3} {top['balanced_accuracy_before']:>15.1%} "
               f"{top['balanced_accuracy_after']:>7.1%}   (ceiling: {top['labels_per_fit']} "
               f"labels per fit, {top['folds']}-fold)")
-        results.append({"site": site.name, "bundle": str(site.bundle), "data": str(site.data),
-                        "faces": {"with_mask": int(np.sum(y == 0)),
-                                  "without_mask": int(np.sum(y == 1))}, "curve": rows,
-                        "ceiling": top})
+        result = {"site": site.name, "bundle": str(site.bundle), "data": str(site.data),
+                  "faces": {"with_mask": int(np.sum(y == 0)),
+                            "without_mask": int(np.sum(y == 1))},
+                  "left_out": left_out, "curve": rows, "ceiling": top}
+        if not is_voc(site.data):
+            print(f"{site.name:<16} photos left out (no single face found by the agent's "
+                  f"detector): {sum(left_out.values())} "
+                  f"({', '.join(f'{k} {v}' for k, v in left_out.items() if v)})")
+            part = detector_part(site, detector_model, detector_k, repeats, seed,
+                                 detector_sample)
+            result["detector"] = part
+            print(f"{site.name:<16} detector threshold from k = {part['k']} photos per class: "
+                  f"found {part['found_before']:.1%} -> {part['found_after']:.1%} (worst draw "
+                  f"{part['found_after_min']:.1%}; masked {part['masked_found_before']:.1%} -> "
+                  f"{part['masked_found_after']:.1%}), faces added per photo "
+                  f"{part['added_per_photo']:.3f} (worst {part['added_per_photo_max']:.3f}), "
+                  f"accepted {part['accepted']}/{part['repeats']}, thresholds "
+                  f"{part['thresholds']}")
+        results.append(result)
         if cost is None or len(y) > cost["site_faces"]:
             cost = {**refit_cost(x, y, classifier), "site": site.name, "site_faces": len(y)}
         if face_cost is None:
@@ -210,5 +300,6 @@ def bench_adapt(sites: list[Site], detector_model: str | None, out: Path, repeat
           f"{cost['peak_extra_mb']:.1f} MB peak extra; per face: bundle head "
           f"{face_cost['bundle_head']:.3f} ms, site head {face_cost['site_head']:.3f} ms")
     write_json(out, {"machine": machine(), "repeats": repeats, "min_face": min_face,
+                     "fit_options": dataclasses.asdict(options or FitOptions()),
                      "sites": results, "refit": cost, "per_face_ms": face_cost})
     return 0

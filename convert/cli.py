@@ -158,16 +158,25 @@ def add_bench_adapt(sub) -> None:
     p.add_argument("--site", action="append", required=True, metavar="NAME=BUNDLE:DATA",
                    help="a bundle and a site it never saw (class folders or a VOC scene set)")
     p.add_argument("--detector-model", help="YuNet ONNX for photos (default: bundled)")
-    p.add_argument("--repeats", type=int, default=10, help="random draws per k")
+    p.add_argument("--detector-sample", type=int, default=600, help="photos per site searched "
+                   "at every detector threshold")
+    p.add_argument("--repeats", type=int, default=20, help="random draws per k")
     p.add_argument("--min-face", type=int, default=20, help="VOC: smallest face used")
+    p.add_argument("--min-net-fixed", type=int, help="adapt's acceptance rule with another "
+                   "least number of labelled faces set right net (default: adapt's own)")
     p.add_argument("--out", type=Path, default=Path("bench/adapt.json"))
 
 
 def run_bench_adapt(args) -> int:
+    from maskwatch.agent.site.adapt import FitOptions
+
     from .adaptbench import bench_adapt, parse_site
 
+    options = FitOptions() if args.min_net_fixed is None else FitOptions(
+        min_net_fixed=args.min_net_fixed)
     return bench_adapt([parse_site(s) for s in args.site], args.detector_model, args.out,
-                       repeats=args.repeats, min_face=args.min_face)
+                       repeats=args.repeats, min_face=args.min_face,
+                       detector_sample=args.detector_sample, options=options)
 
 
 def add_bench_seed(sub) -> None:

@@ -5,7 +5,8 @@
 # int8 bundle with features + an anchor set from the other sources, then let
 # `mask-convert bench-adapt` label k faces per class of the held-out source, adapt, and
 # score the rest. The shipped model on the dev scenes is one more site.
-# Needs the [convert] extra and ../shared. About 25 minutes on 2 CPU cores.
+# Needs the [convert] extra and ../shared. About 25 minutes on 2 CPU cores (15 once the
+# bundles exist). Arguments go to bench-adapt, e.g. `--min-net-fixed 1 --out bench/x.json`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -31,4 +32,4 @@ for site in "${SITES[@]}"; do
 done
 $PY -m maskwatch.convert bench-adapt "${args[@]}" \
     --site "dev-scenes=agent/vision/default_model:$SHARED/data/dev/andrewmvd" \
-    --detector-model "$YUNET" --out bench/adapt.json
+    --detector-model "$YUNET" --out bench/adapt.json "$@"

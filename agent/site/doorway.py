@@ -1,13 +1,15 @@
 """Learn this doorway: gather labelled site faces, fit a site head, install or revert it.
 
 The steps shared by `mask-agent adapt`, `mask-agent samples` and the web console: where
-the sample store and the head live (the state dir), how labelled faces become features
-(collected samples carry theirs; `--labels DIR` folders of crops or photos go through the
-agent's own detector and crop), and the accept/write/revert rules of `adapt.fit_head`.
+the sample store, the head and the site detector threshold live (the state dir), the
+accept/write/revert rules of `adapt.fit_head`, and the status and report they print.
+Labelled faces come as features: collected samples carry theirs (crops the agent saw);
+`--labels DIR` photos go through `photos.label_folder_features`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -17,18 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MaskwatchError, ModelError, UsageError
+from ..errors import ModelError
 from ..people.track import Track
 from ..throttle import Throttle
 from ..vision.classify import Classifier, Prediction
-from ..vision.decision import MASK, NO_MASK
-from ..vision.detect import Detector, find_subject_face
+from ..vision.config import DetectConfig
+from ..vision.decision import NO_MASK
 from ..vision.head import BUNDLE_HEAD, head_path, read_head, write_head
-from ..vision.predict import IMAGE_SUFFIXES, read_image_file
-from ..vision.preprocess import face_input, whole_image_box
+from ..vision.tuning import DetectorTuning, read_tuning, tuning_path, write_tuning
 from .adapt import AdaptReport, FitOptions, fit_head
 from .config import AdaptConfig
+from .photos import LabelledPhotos
 from .samples import Collector, SampleStore
+from .threshold import ThresholdReport
 
 log = logging.getLogger("maskwatch.site")
 throttle = Throttle(log)
@@ -71,30 +74,18 @@ def collector_listener(a: AdaptConfig, store: SampleStore, classifier: Classifie
     return offer
 
 
-def label_folder_features(folder: Path, classifier: Classifier, detector: Detector
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels (1 = without_mask) of `folder/with_mask/*` and
-    `folder/without_mask/*`: face crops or photos of one person (its main face is found
-    as in training; a crop with no detectable face is used whole)."""
-    if not folder.is_dir():
-        raise UsageError(f"--labels {folder}: not a folder")
-    rows, labels = [], []
-    for value, name in ((0, MASK), (1, NO_MASK)):
-        for path in sorted((folder / name).glob("*")) if (folder / name).is_dir() else []:
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                image = read_image_file(str(path))
-            except MaskwatchError as exc:
-                log.warning("skipped: %s", exc)
-                continue
-            box = find_subject_face(image, detector) or whole_image_box(image, classifier.crop)
-            rows.append(classifier.infer(face_input(image, box, classifier.crop)[None])[1][0])
-            labels.append(value)
-    if not rows:
-        raise UsageError(f"--labels {folder}: no images in {folder}/{MASK} or "
-                         f"{folder}/{NO_MASK}")
-    return np.stack(rows), np.array(labels, int)
+def install_threshold(state_dir: str | None, detector_name: str,
+                      report: ThresholdReport) -> None:
+    """Write the accepted detector threshold where the agent reads it (atomically)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    write_tuning(tuning_path(state_dir or "."),
+                 DetectorTuning(report.threshold, detector_name, "site-detector-" + stamp,
+                                {"created": stamp, **report.to_json()}))
+
+
+def threshold_in_use(settings: DetectConfig, state_dir: str | None) -> float:
+    """The detector threshold the agent runs with: the site's, else the configured one."""
+    return detector_status(state_dir, settings)["score_threshold"]
 
 
 def current_head_p(classifier: Classifier, x: np.ndarray):
@@ -125,13 +116,14 @@ def adapt_site(state_dir: str | None, classifier: Classifier, site_x: np.ndarray
 
 
 def revert(state_dir: str | None) -> bool:
-    """Back to the bundle's head: the site head is renamed `site_head.json.reverted` (kept
-    for reference, never read). False when there was none."""
-    path = head_path(state_dir or ".")
-    if not path.exists():
-        return False
-    os.replace(path, path.with_name(path.name + REVERTED_SUFFIX))
-    return True
+    """Back to the bundle's head and the configured detector threshold: the site files are
+    renamed `*.reverted` (kept for reference, never read). False when there were none."""
+    reverted = False
+    for path in (head_path(state_dir or "."), tuning_path(state_dir or ".")):
+        if path.exists():
+            os.replace(path, path.with_name(path.name + REVERTED_SUFFIX))
+            reverted = True
+    return reverted
 
 
 def head_status(state_dir: str | None, classifier: Classifier) -> dict:
@@ -148,10 +140,35 @@ def head_status(state_dir: str | None, classifier: Classifier) -> dict:
             "provenance": head.provenance}
 
 
-def print_report(report: AdaptReport, as_json: bool) -> None:
+def detector_status(state_dir: str | None, settings: DetectConfig) -> dict:
+    """`adapt --status`: the detector threshold in use and where it comes from."""
+    path = tuning_path(state_dir or ".")
+    status = {"detector": settings.detector, "score_threshold": settings.score_threshold,
+              "from": "config"}
+    if not settings.site_tuning or not path.exists():
+        return status
+    try:
+        tuning = read_tuning(path, settings.detector)
+    except ModelError as exc:
+        return {**status, "problem": str(exc)}
+    return {**status, "score_threshold": tuning.score_threshold, "from": tuning.id,
+            "provenance": tuning.provenance}
+
+
+def print_report(report: AdaptReport, photos: LabelledPhotos | None, as_json: bool) -> None:
+    """The head's verdict, and for labelled photos the detector's and the photos left out
+    (by name: the operator can look at what the agent could not see)."""
     if as_json:
-        print(json.dumps(report.to_json()))
+        print(json.dumps({**report.to_json(),
+                          "photos": photos.to_json() if photos else None}))
         return
+    if photos is not None:
+        if photos.detector is not None:
+            print(photos.detector.reason)
+        for reason, names in photos.left_out.items():
+            if names:
+                shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+                print(f"left out, {reason.replace('_', ' ')}: {len(names)} photos ({shown})")
     verdict = "accepted" if report.accepted else "not accepted"
     print(f"site head {verdict}: {report.reason} "
           f"({report.site_counts['with_mask']} with mask, "

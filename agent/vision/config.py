@@ -46,6 +46,9 @@ class DetectConfig:
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,
                                      high=1.0)
+    site_tuning: bool = setting(True, "bool", "use the score threshold fitted here by "
+                                "`mask-agent adapt --labels` (<state_dir>/site_detector.json) "
+                                "when there is one")
     roi: tuple[float, float, float, float] | None = setting(
         None, "roi", "region of interest [x, y, w, h] as fractions of the frame", nullable=True)
     motion_gate: bool = setting(True, "bool", "skip detection while nothing moves and nobody "

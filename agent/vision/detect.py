@@ -26,6 +26,7 @@ from ..errors import ModelError
 from .config import DetectConfig
 from .preprocess import Box, area, iou
 from .tflite import load_interpreter
+from .tuning import TuningFile
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,23 @@ class Detector(Protocol):
     name: str
 
     def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]: ...
+
+
+class Thresholded:
+    """A detector with a score threshold that can change while it runs: the one fitted
+    at this site (`tuning`, re-read from the state dir) or one set by `adapt`'s search."""
+
+    score_threshold: float
+    tuning: TuningFile | None = None
+
+    def set_score_threshold(self, threshold: float) -> None:
+        self.score_threshold = threshold
+
+    def follow_tuning(self) -> None:
+        if self.tuning is not None:
+            threshold = self.tuning.threshold()
+            if threshold != self.score_threshold:
+                self.set_score_threshold(threshold)
 
 
 SNAP = 32  # detector input sides are multiples of this: few distinct input shapes
@@ -133,7 +151,7 @@ class HaarDetector:
         return _keep(view.whole([Face(view.to_frame(*b), 1.0) for b in found]), self.min_face)
 
 
-class YuNetDetector:
+class YuNetDetector(Thresholded):
     """OpenCV YuNet (2023mar ONNX) through cv2.FaceDetectorYN, at two scales.
 
     The fine search (`max_side`, 480 px) finds small, far faces; a face near the lens is
@@ -149,7 +167,7 @@ class YuNetDetector:
 
     def __init__(self, model_path: str | Path, max_side: int, min_face: int,
                  score_threshold: float, nms_threshold: float = 0.3,
-                 coarse_side: int = 0) -> None:
+                 coarse_side: int = 0, tuning: TuningFile | None = None) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise ModelError(f"YuNet model not found: {model_path}")
@@ -162,6 +180,13 @@ class YuNetDetector:
         self.max_side, self.min_face = max_side, min_face
         self.coarse_side = coarse_side if 0 < coarse_side < max_side else 0
         self._input_sizes: list[tuple[int, int] | None] = [None, None]
+        self.score_threshold, self.tuning = score_threshold, tuning
+        self.follow_tuning()
+
+    def set_score_threshold(self, threshold: float) -> None:
+        for net in self._nets:
+            net.setScoreThreshold(threshold)
+        self.score_threshold = threshold
 
     def _search(self, scale: int, frame_bgr: np.ndarray, region: Box | None,
                 side: int) -> list[Face]:
@@ -177,6 +202,7 @@ class YuNetDetector:
         return view.whole(faces)
 
     def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
+        self.follow_tuning()
         faces = self._search(0, frame_bgr, region, self.max_side)
         if self.coarse_side:
             near = COARSE_MIN_FRACTION * min(frame_bgr.shape[:2])
@@ -236,13 +262,14 @@ def _blazeface_anchors(input_size: int) -> np.ndarray:
     return np.asarray(centres, dtype=np.float32)
 
 
-class BlazeFaceDetector:
+class BlazeFaceDetector(Thresholded):
     """MediaPipe BlazeFace (short or full range TFLite), letterboxed to its square input."""
 
     name = "blazeface"
 
     def __init__(self, model_path: str | Path, min_face: int, score_threshold: float,
-                 nms_threshold: float = 0.3, num_threads: int = 1) -> None:
+                 nms_threshold: float = 0.3, num_threads: int = 1,
+                 tuning: TuningFile | None = None) -> None:
         self._interpreter = load_interpreter(model_path, num_threads)
         inp = self._interpreter.get_input_details()[0]
         self.input_size = int(inp["shape"][1])
@@ -254,6 +281,7 @@ class BlazeFaceDetector:
             raise ModelError(f"{model_path} is not a BlazeFace model (unexpected anchor count)")
         self.min_face = min_face
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+        self.tuning = tuning
 
     def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float, int, int]:
         h, w = frame.shape[:2]
@@ -267,6 +295,7 @@ class BlazeFaceDetector:
 
     def detect(self, frame_bgr: np.ndarray, region: Box | None = None) -> list[Face]:
         """The region (if any) is letterboxed to the model's fixed input on its own."""
+        self.follow_tuning()
         view = view_of(frame_bgr, region, max_side=0)
         image, side, pad_x, pad_y = self._letterbox(view.image)
         tensor = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
@@ -295,7 +324,8 @@ DETECTORS = ("yunet", "blazeface", "haar")
 MODEL_SUFFIX = {"yunet": ".onnx", "blazeface": ".tflite"}
 
 
-def create_detector(settings: DetectConfig, model_path: str | Path | None) -> Detector:
+def create_detector(settings: DetectConfig, model_path: str | Path | None,
+                    tuning: TuningFile | None = None) -> Detector:
     """The detector named in `settings` (detect.* of the config); model ignored for haar.
 
     Haar runs on at least 640 px (it needs the resolution to find anything), BlazeFace
@@ -312,10 +342,11 @@ def create_detector(settings: DetectConfig, model_path: str | Path | None) -> De
     if name == "yunet":
         return YuNetDetector(model_path, max_side=settings.max_side, min_face=settings.min_face,
                              score_threshold=settings.score_threshold,
-                             coarse_side=settings.coarse_side)
+                             coarse_side=settings.coarse_side, tuning=tuning)
     if name == "blazeface":
         return BlazeFaceDetector(model_path, min_face=settings.min_face,
-                                 score_threshold=min(settings.score_threshold, 0.5))
+                                 score_threshold=min(settings.score_threshold, 0.5),
+                                 tuning=tuning)
     raise ModelError(f"unknown detector {name!r} (choose one of {', '.join(DETECTORS)})")
 
 
@@ -324,16 +355,20 @@ PAD_FRACTION = 0.35  # context added around a photo before detection, per side
 MIN_FACE_FRACTION = 0.08  # smaller detections are background faces, not the subject
 
 
-def find_subject_face(image: np.ndarray, detector: Detector) -> Box | None:
-    """Box of the photo's main face (largest confident detection), in image pixels."""
+def subject_faces(image: np.ndarray, detector: Detector) -> list[Face]:
+    """The photo's faces large enough to be its subject, in image pixels, the likeliest
+    subject (largest confident) first."""
     h, w = image.shape[:2]
     pad = int(round(max(h, w) * PAD_FRACTION))
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
                                 value=(114, 114, 114))
-    faces = detector.detect(padded)
-    faces = [f for f in faces if max(f.box[2], f.box[3]) >= MIN_FACE_FRACTION * max(h, w)]
-    if not faces:
-        return None
-    best = max(faces, key=lambda f: f.box[2] * f.box[3] * f.score)
-    x, y, bw, bh = best.box
-    return x - pad, y - pad, bw, bh
+    faces = [f for f in detector.detect(padded)
+             if max(f.box[2], f.box[3]) >= MIN_FACE_FRACTION * max(h, w)]
+    faces.sort(key=lambda f: -f.box[2] * f.box[3] * f.score)
+    return [Face((f.box[0] - pad, f.box[1] - pad, f.box[2], f.box[3]), f.score) for f in faces]
+
+
+def find_subject_face(image: np.ndarray, detector: Detector) -> Box | None:
+    """Box of the photo's main face (largest confident detection), in image pixels."""
+    faces = subject_faces(image, detector)
+    return faces[0].box if faces else None

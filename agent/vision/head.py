@@ -10,17 +10,15 @@ per face in numpy.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
+from .statefile import Stamp, read_state_json, write_json_atomic
 
 HEAD_FORMAT = "maskwatch-site-head"
 HEAD_FILE = "site_head.json"
@@ -61,18 +59,12 @@ def head_path(state_dir: str | Path) -> Path:
 
 def read_head(path: Path, bundle_sha256: str, feature_size: int) -> Head:
     """The head in `path`; ModelError when it is unreadable or fitted on another model."""
+    data = read_state_json(path, MAX_HEAD_BYTES, HEAD_FORMAT, "site head")
     try:
-        if path.stat().st_size > MAX_HEAD_BYTES:
-            raise ModelError(f"site head {path} is larger than {MAX_HEAD_BYTES} bytes")
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
-            raise ModelError(f"{path} is not a site head (format != {HEAD_FORMAT})")
         weights = np.asarray(data["weights"], np.float32)
         head = Head(weights, float(data["bias"]), float(data["threshold"]),
                     str(data["bundle_sha256"]), str(data["id"]), dict(data.get("provenance", {})))
-    except OSError as exc:
-        raise ModelError(f"cannot read site head {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"site head {path} is not valid: {exc}") from None
     if head.bundle_sha256 != bundle_sha256:
         raise ModelError(f"site head {path} was fitted on another model "
@@ -89,10 +81,7 @@ def read_head(path: Path, bundle_sha256: str, feature_size: int) -> Head:
 
 def write_head(path: Path, head: Head) -> None:
     """Atomic: a reader sees the old head or the new one, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(head.to_json()) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, head.to_json())
 
 
 class HeadFile:
@@ -102,14 +91,12 @@ class HeadFile:
     def __init__(self, path: Path | None, bundle_sha256: str, feature_size: int,
                  check_s: float = 2.0) -> None:
         self.path, self.bundle_sha256, self.feature_size = path, bundle_sha256, feature_size
-        self.check_s = check_s
         self._head: Head | None = None
-        self._stamp: tuple[int, int] | None = None
-        self._next_check = 0.0
+        self._stamp = Stamp(check_s)
         self.refresh(force=True)
 
     def current(self) -> Head | None:
-        if time.monotonic() >= self._next_check:
+        if self._stamp.due():
             self.refresh()
         return self._head
 
@@ -118,18 +105,11 @@ class HeadFile:
         self._head, self.path = head, None
 
     def refresh(self, force: bool = False) -> None:
-        self._next_check = time.monotonic() + self.check_s
         if self.path is None or self.feature_size == 0:
             return
-        try:
-            st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            stamp = None
-        if stamp == self._stamp and not force:
+        if not self._stamp.changed(self.path, force):
             return
-        self._stamp = stamp
-        if stamp is None:
+        if not self.path.exists():
             if self._head is not None:
                 log.info("site head removed: back to the bundle's own head")
             self._head = None

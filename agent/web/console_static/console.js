@@ -241,6 +241,8 @@ function metricRows(report) {
     row("site balanced accuracy", pct(report.before.site.balanced_accuracy), pct(after.site.balanced_accuracy)),
     row("site no-mask recall", pct(report.before.site.no_mask_recall), pct(after.site.no_mask_recall)),
     row("anchors accuracy", pct(report.before.anchors.accuracy), pct(after.anchors.accuracy)),
+    row("labelled faces set right / wrong", "", after.site.fixed === undefined ? "–" :
+      `${after.site.fixed} / ${after.site.broken}`),
   ];
 }
 
