@@ -18,6 +18,8 @@ from typing import NoReturn
 
 import pytest
 
+from maskwatch.agent.bench.brokers import free_port  # noqa: F401  (the tests' import point)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -135,12 +137,6 @@ def http_request(target: str, data: bytes | None = None, headers: dict | None = 
             return r.status, r.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def mosquitto_binary() -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -183,10 +184,13 @@ def run_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: 
         devices = make_devices(count, hosts, workdir, ca_file)
         for d in devices:
             d.publisher.start()
-        deadline = time.monotonic() + 120
+        began = time.monotonic()
+        deadline = began + 120
         while not all(d.publisher.is_connected() for d in devices) and \
                 time.monotonic() < deadline:
             time.sleep(0.05)
+        progress(f"{sum(d.publisher.is_connected() for d in devices)} of {count} devices "
+                 f"connected in {time.monotonic() - began:.1f} s")
         _run_phases(scenario, broker, consumer, devices, rate, seconds, outage_s, stop_watch)
         deadline = time.monotonic() + drain_s
         produced = sum(d.produced for d in devices)
@@ -194,6 +198,7 @@ def run_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: 
                                                       for d in devices)) and \
                 time.monotonic() < deadline:
             time.sleep(0.1)
+        progress(f"drained: {consumer.distinct()} of {produced} delivered")
     finally:
         stop_watch.set()
         for d in devices:
@@ -202,6 +207,11 @@ def run_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: 
         broker.stop()
     _account(report, devices, consumer)
     return report
+
+
+def progress(line: str) -> None:
+    """A phase of a long run, on stderr (a 1,000-device run takes minutes)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def _run_phases(scenario: str, broker, consumer: Consumer, devices: list[Device],
@@ -216,6 +226,7 @@ def _run_phases(scenario: str, broker, consumer: Consumer, devices: list[Device]
         now = time.monotonic()
         if not faulted and now >= fault_at:
             faulted = True
+            progress(f"fault: {scenario}, {outage_s:g} s")
             if scenario in RESTARTS:  # NATS: a crash; Mosquitto: a restart (SIGTERM keeps
                 # its sessions on disk; a SIGKILLed Mosquitto forgets what it queued since
                 # its last autosave, which would be the broker's loss, not the devices')
@@ -226,6 +237,7 @@ def _run_phases(scenario: str, broker, consumer: Consumer, devices: list[Device]
                 consumer.stop()
         if faulted and not recovered and now >= fault_over:
             recovered = True
+            progress("fault over")
             if scenario in RESTARTS:
                 broker.start_node(0)
             else:
