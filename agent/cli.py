@@ -259,13 +259,14 @@ def cmd_adapt(args) -> int:
         print(json.dumps({**head_status(cfg.state_dir, classifier),
                           "detector": detector_status(cfg.state_dir, cfg.detect)}, indent=2))
         return 0
-    parts, photos = [], None
+    parts, photos, detector_changed = [], None, False
     if args.labels:
         detector = detector_from(cfg.detect, cfg.state_dir, site_tuning=False)
         photos = label_folder_features(Path(args.labels), classifier, detector,
                                        threshold_in_use(cfg.detect, cfg.state_dir),
                                        tune=cfg.detect.site_tuning)
-        if photos.detector and photos.detector.accepted and not args.dry_run:
+        detector_changed = bool(photos.detector and photos.detector.accepted)
+        if detector_changed and not args.dry_run:
             install_threshold(cfg.state_dir, cfg.detect.detector, photos.detector)
         if len(photos.y):
             parts.append((photos.x, photos.y))
@@ -284,7 +285,6 @@ def cmd_adapt(args) -> int:
     site_y = np.concatenate([y for _, y in parts])
     report = adapt_site(cfg.state_dir, classifier, site_x, site_y, write=not args.dry_run)
     print_report(report, photos, args.json)
-    detector_changed = bool(photos and photos.detector and photos.detector.accepted)
     return 0 if report.accepted or detector_changed else EXIT_NOT_ADAPTED
 
 

@@ -14,7 +14,7 @@ decides whether a lower one is honestly better here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,6 @@ class LabelledPhotos:
     y: np.ndarray  # 1 = without_mask
     left_out: dict[str, list[str]]  # reason -> file names
     detector: ThresholdReport | None = None
-    files: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"used": int(len(self.y)),
@@ -90,12 +89,12 @@ def search(paths: list[tuple[Path, int]], detector: Detector, thresholds: list[f
 
 
 def label_folder_features(folder: Path, classifier: Classifier, detector: Detector,
-                          in_use: float | None, tune: bool = True) -> LabelledPhotos:
+                          in_use: float, tune: bool = True) -> LabelledPhotos:
     """Features and labels of the photos' subject faces, as the agent would cut them at the
     detector threshold in use (`in_use`), or at the fitted one when `tune` finds one
     honestly better; `detector` is left at the threshold used."""
     paths = labelled_paths(folder)
-    tunable = isinstance(detector, Thresholded) and in_use is not None
+    tunable = isinstance(detector, Thresholded)
     fit_grid = threshold_grid(detector.score_threshold) if tunable and tune else []
     grid: list[float | None] = list(fit_grid)
     if tunable and in_use not in grid:
@@ -118,7 +117,7 @@ def crops_of(searched: list[tuple[Path, int, list[list[Face]]]], use: int,
              classifier: Classifier, unreadable: list[str],
              report: ThresholdReport | None) -> LabelledPhotos:
     left_out: dict[str, list[str]] = {NO_FACE: [], SEVERAL_FACES: [], UNREADABLE: unreadable}
-    rows, labels, files = [], [], []
+    rows, labels = [], []
     for path, value, per_threshold in searched:
         subject = subject_or_reason(per_threshold[use])
         if isinstance(subject, str):
@@ -128,7 +127,6 @@ def crops_of(searched: list[tuple[Path, int, list[list[Face]]]], use: int,
         crop = face_input(image, subject.box, classifier.crop)
         rows.append(classifier.infer(crop[None])[1][0])
         labels.append(value)
-        files.append(path.name)
     empty = np.zeros((0, classifier.feature_size), np.float32)
     return LabelledPhotos(np.stack(rows) if rows else empty, np.array(labels, int),
-                          left_out, report, files)
+                          left_out, report)

@@ -109,7 +109,7 @@ class HeadFile:
             return
         if not self._stamp.changed(self.path, force):
             return
-        if not self.path.exists():
+        if not self._stamp.exists:
             if self._head is not None:
                 log.info("site head removed: back to the bundle's own head")
             self._head = None

@@ -48,6 +48,11 @@ class Stamp:
         self._stamp: tuple[int, int] | None = None
         self._next_check = 0.0
 
+    @property
+    def exists(self) -> bool:
+        """Whether the file was there when last looked at."""
+        return self._stamp is not None
+
     def due(self) -> bool:
         return time.monotonic() >= self._next_check
 

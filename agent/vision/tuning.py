@@ -88,7 +88,7 @@ class TuningFile:
     def refresh(self, force: bool = False) -> None:
         if not self._stamp.changed(self.path, force):
             return
-        if not self.path.exists():
+        if not self._stamp.exists:
             if self._threshold != self.default:
                 log.info("site detector threshold removed: back to %.2f", self.default)
             self._threshold = self.default
