@@ -203,7 +203,7 @@ def cmd_bench_fleet(args) -> int:
     from .bench.fleet import bench_fleet
 
     return bench_fleet(args.scenario, args.devices, args.rate, args.seconds, args.outage,
-                       args.out)
+                       args.out, per_process=args.per_process)
 
 
 def cmd_bench_classify(args) -> int:
@@ -457,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=30.0, help="how long the devices publish")
     p.add_argument("--outage", type=float, default=10.0, help="seconds the node or consumer "
                    "is away")
+    p.add_argument("--per-process", type=int, default=100, help="devices simulated in one "
+                   "process (at most 100: paho's select() cannot watch more descriptors)")
     p.add_argument("--out", default="bench/fleet.json")
     p.set_defaults(func=cmd_bench_fleet)
 

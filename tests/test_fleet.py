@@ -10,11 +10,12 @@ import json
 
 import pytest
 
+from maskwatch.agent.bench.brokers import FLEET_DELIVERY
 from maskwatch.agent.bench.fleet import run_fleet
 from maskwatch.agent.delivery.publish import backoff_s
 from maskwatch.agent.demo import DEMO_CLIP
 
-from .conftest import free_port, need_tool
+from .conftest import ROOT, free_port, need_tool
 from .mqtt_helpers import Collector
 from .test_faults import publisher_for, run_agent
 
@@ -31,9 +32,23 @@ def test_node_killed_in_a_nats_cluster_loses_nothing_and_devices_move(tmp_path):
 
 
 def test_consumer_outage_on_mosquitto_loses_nothing(tmp_path):
+    """Also the bench's split of devices over processes: 10 devices, 4 a process."""
     report = run_fleet("consumer-outage", count=10, rate=5, seconds=6, outage_s=3,
-                       workdir=tmp_path)
+                       workdir=tmp_path, per_process=4)
+    assert report.processes == 3 and report.connected_first == 10
     assert report.produced > 200 and report.missing == 0 and report.devices_with_gaps == 0
+    assert report.left_in_outboxes == 0
+
+
+def test_bench_mosquitto_keeps_what_the_shipped_fleet_config_keeps():
+    """The consumer-outage figures hold for deploy/mosquitto/fleet.conf only while the
+    bench's broker has its delivery settings."""
+    shipped = {}
+    for line in (ROOT / "deploy" / "mosquitto" / "fleet.conf").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            shipped[key] = value.strip()
+    assert {k: shipped.get(k) for k in FLEET_DELIVERY} == FLEET_DELIVERY
 
 
 def test_tls_broker_restart_every_device_reconnects_and_nothing_is_lost(tmp_path):

@@ -94,11 +94,19 @@ class Node:
     proc: subprocess.Popen | None = None
 
 
+# deploy/mosquitto/fleet.conf's settings that decide what is kept and for how long
+# (tests/test_fleet.py checks that they stay the same there and here); the bench leaves
+# out its users, ACL and certificates, which decide who, not what
+FLEET_DELIVERY = {"persistence": "true", "autosave_interval": "60",
+                  "persistent_client_expiration": "7d", "max_queued_messages": "100000",
+                  "max_queued_bytes": "0", "max_inflight_messages": "20"}
+
+
 class Mosquitto:
-    """One Mosquitto with the fleet settings that matter (deploy/mosquitto/fleet.conf):
+    """One Mosquitto with the shipped fleet config's delivery settings (FLEET_DELIVERY):
     persistence and a queue deep enough for a consumer outage."""
 
-    def __init__(self, workdir: Path, max_queued: int = 100_000, tls: bool = False) -> None:
+    def __init__(self, workdir: Path, tls: bool = False) -> None:
         self.workdir = workdir
         self.nodes = [Node("mosquitto", free_port())]
         user = "user root\n" if _is_root() else ""
@@ -111,10 +119,9 @@ class Mosquitto:
             listeners += (f"cafile {self.ca_file}\ncertfile {workdir / 'server.crt'}\n"
                           f"keyfile {workdir / 'server.key'}\n"
                           f"listener {self.nodes[1].port} 127.0.0.1\n")
-        self.conf.write_text(f"{user}{listeners}"
-                             "allow_anonymous true\npersistence true\n"
-                             f"persistence_location {workdir}/\n"
-                             f"max_queued_messages {max_queued}\nmax_connections -1\n")
+        delivery = "".join(f"{k} {v}\n" for k, v in FLEET_DELIVERY.items())
+        self.conf.write_text(f"{user}{listeners}allow_anonymous true\n{delivery}"
+                             f"persistence_location {workdir}/\nmax_connections -1\n")
         self.binary = binary("mosquitto", "mosquitto")
 
     def start_node(self, i: int = 0) -> None:

@@ -3,8 +3,10 @@ accounted for.
 
 Each device is the agent's own delivery stack (a `Publisher` over a `ResilientOutbox`,
 MQTT 5 with the 3.1.1 fallback, `mqtt.hosts` rotation and jittered backoff) publishing
-numbered events (`seq`, as `run` does) at a fixed rate. A consumer with a persistent
-session (QoS 1) counts what arrives. Two scenarios:
+numbered events (`seq`, as `run` does) at a fixed rate, in groups of at most 100 a
+process (`devices.py`; one process cannot hold more than ~40 paho clients beside their
+outboxes). This process runs the broker, the fault and a consumer with a persistent
+session (QoS 1) that counts what arrives. Three scenarios:
 
 - `node-kill` (a 3-node NATS cluster, JetStream, MQTT on each node): every device starts
   on node 0, which is SIGKILLed and restarted after `--outage` seconds. Reported: how long
@@ -21,14 +23,15 @@ device (gaps), reconnect time percentiles, end-to-end latency percentiles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,24 +39,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..config import load
-from ..delivery.outbox import ResilientOutbox
-from ..delivery.publish import Publisher
-from ..factory import topics_from
 from .brokers import Mosquitto, NatsCluster
+from .devices import MAX_PER_PROCESS, READY_S, DeviceResult, GroupPlan, run_group
 from .measure import machine, write_json
 
 SCENARIOS = ("node-kill", "consumer-outage", "tls-storm")
 RESTARTS = ("node-kill", "tls-storm")  # the devices' broker goes away and comes back
-
-
-@dataclass
-class Device:
-    name: str
-    publisher: Publisher
-    produced: int = 0
-    down_at: float | None = None  # when its broker went away
-    reconnect_s: float | None = None
 
 
 class Consumer:
@@ -104,6 +95,10 @@ class FleetReport:
     rate_per_device: float
     seconds: float
     outage_s: float
+    processes: int = 0  # device groups, each a process of its own (devices.py says why)
+    connected_first: int = 0  # devices connected before the run began
+    connect_s: float = 0.0  # how long the first connection of all devices took
+    left_in_outboxes: int = 0  # events never acknowledged when the run ended
     produced: int = 0
     delivered: int = 0  # distinct (device, seq)
     duplicates: int = 0
@@ -126,46 +121,63 @@ def percentiles(values: list[float], scale: float = 1.0) -> dict:
             "mean": round(statistics.fmean(ordered) * scale, 1), "n": len(ordered)}
 
 
-def make_devices(count: int, hosts: list[str], workdir: Path,
-                 ca_file: Path | None = None) -> list[Device]:
-    tls = ["mqtt.tls.enabled=true", f"mqtt.tls.ca_file={ca_file}"] if ca_file else []
-    devices = []
-    for i in range(count):
-        name = f"fleet-{i:04d}"
-        cfg = load(None, [f"mqtt.hosts={json.dumps(hosts)}", f"device_id={name}",
-                          f"state_dir={workdir}", "mqtt.reconnect_min_s=0.5",
-                          "mqtt.reconnect_max_s=5", "mqtt.keepalive=5",
-                          "homeassistant.enabled=false", *tls])
-        outbox = ResilientOutbox(workdir / f"{name}.sqlite3")
-        devices.append(Device(name, Publisher(cfg.mqtt, topics_from(cfg), outbox, None)))
-    return devices
+def groups_of(count: int, per_process: int, hosts: list[str], workdir: Path,
+              ca_file: Path | None, drain_s: float) -> list[GroupPlan]:
+    names = [f"fleet-{i:04d}" for i in range(count)]
+    size = max(1, min(per_process, MAX_PER_PROCESS))
+    return [GroupPlan(names[i:i + size], hosts, str(workdir),
+                      str(ca_file) if ca_file else None, drain_s)
+            for i in range(0, count, size)]
 
 
-def produce(device: Device) -> None:
-    event = {"id": str(uuid.uuid4()), "device_id": device.name, "type": "new", "t": 0.0}
+class Groups:
+    """The device groups' processes (spawned: the coordinator already runs threads),
+    each behind a pipe; see devices.py for the conversation."""
 
-    def numbered(seq: int) -> bytes:
-        return json.dumps({**event, "seq": seq, "t": time.time()}).encode()
+    def __init__(self, plans: list[GroupPlan]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes, self.procs = [], []
+        for plan in plans:
+            mine, theirs = context.Pipe()
+            proc = context.Process(target=run_group, args=(theirs, plan), daemon=True)
+            proc.start()
+            theirs.close()
+            self.pipes.append(mine)
+            self.procs.append(proc)
 
-    device.publisher.queue_numbered(device.publisher.topics.events, numbered)
-    device.produced += 1
+    def gather(self, expect: str, timeout_s: float) -> list[tuple]:
+        """Every group's next message, which must be `expect`."""
+        deadline = time.monotonic() + timeout_s
+        answers = []
+        for pipe in self.pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"a device group sent no '{expect}' in {timeout_s:g} s")
+            try:
+                message = pipe.recv()
+            except EOFError:
+                raise RuntimeError("a device group's process died") from None
+            if message[0] != expect:
+                raise RuntimeError(f"a device group said {message[0]!r}, not {expect!r}")
+            answers.append(message)
+        return answers
 
+    def send(self, *message) -> None:
+        for pipe in self.pipes:
+            pipe.send(message)
 
-def watch_reconnects(devices: list[Device], stop: threading.Event) -> None:
-    """Each device's time from its broker going away to being connected again."""
-    while not stop.is_set():
-        now = time.monotonic()
-        for d in devices:
-            connected = d.publisher.is_connected()
-            if not connected and d.down_at is None and d.reconnect_s is None:
-                d.down_at = now
-            elif connected and d.down_at is not None and d.reconnect_s is None:
-                d.reconnect_s = now - d.down_at
-        time.sleep(0.02)
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(("stop",))
+        for proc in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
 
 
 def run_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: float,
-              workdir: Path, drain_s: float = 120.0) -> FleetReport:
+              workdir: Path, drain_s: float = 120.0,
+              per_process: int = MAX_PER_PROCESS) -> FleetReport:
     broker = NatsCluster(workdir, 3) if scenario == "node-kill" else \
         Mosquitto(workdir, tls=scenario == "tls-storm")
     broker.start()
@@ -176,36 +188,36 @@ def run_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: 
     ca_file = getattr(broker, "ca_file", None)
     nodes = broker.nodes[:1] if ca_file else broker.nodes  # TLS devices: the TLS listener
     hosts = [f"127.0.0.1:{n.port}" for n in nodes]
-    stop_watch = threading.Event()
-    devices: list[Device] = []
+    plans = groups_of(count, per_process, hosts, workdir, ca_file, drain_s)
+    report.processes = len(plans)
     consumer = Consumer(consumer_node.port)
+    groups: Groups | None = None
+    results: list[DeviceResult] = []
     try:
         consumer.start()  # before the devices: the cluster sets up its MQTT streams now
-        devices = make_devices(count, hosts, workdir, ca_file)
-        for d in devices:
-            d.publisher.start()
-        began = time.monotonic()
-        deadline = began + 120
-        while not all(d.publisher.is_connected() for d in devices) and \
-                time.monotonic() < deadline:
-            time.sleep(0.05)
-        progress(f"{sum(d.publisher.is_connected() for d in devices)} of {count} devices "
-                 f"connected in {time.monotonic() - began:.1f} s")
-        _run_phases(scenario, broker, consumer, devices, rate, seconds, outage_s, stop_watch)
+        groups = Groups(plans)
+        ready = groups.gather("ready", READY_S + 60)
+        report.connected_first = sum(r[1] for r in ready)
+        report.connect_s = round(max(r[2] for r in ready), 2)
+        progress(f"{report.connected_first} of {count} devices connected in "
+                 f"{report.connect_s:.1f} s ({len(plans)} processes)")
+        start = time.time() + 0.5
+        groups.send("go", start, seconds, rate, start + seconds / 3)
+        _run_fault(scenario, broker, consumer, start + seconds / 3, outage_s)
+        done = groups.gather("done", seconds + outage_s + drain_s + 60)
+        results = [r for answer in done for r in answer[1]]
+        report.left_in_outboxes = sum(answer[2] for answer in done)
+        produced = sum(r.produced for r in results)
         deadline = time.monotonic() + drain_s
-        produced = sum(d.produced for d in devices)
-        while (consumer.distinct() < produced or any(d.publisher.outbox.depth()
-                                                      for d in devices)) and \
-                time.monotonic() < deadline:
+        while consumer.distinct() < produced and time.monotonic() < deadline:
             time.sleep(0.1)
         progress(f"drained: {consumer.distinct()} of {produced} delivered")
     finally:
-        stop_watch.set()
-        for d in devices:
-            d.publisher.stop(drain_timeout_s=0.2)
+        if groups:
+            groups.stop()
         consumer.stop()
         broker.stop()
-    _account(report, devices, consumer)
+    _account(report, results, consumer)
     return report
 
 
@@ -214,42 +226,28 @@ def progress(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def _run_phases(scenario: str, broker, consumer: Consumer, devices: list[Device],
-                rate: float, seconds: float, outage_s: float, stop_watch: threading.Event
-                ) -> None:
-    """Publish for `seconds`; the fault starts a third of the way in, lasts `outage_s`."""
-    started = time.monotonic()
-    fault_at, fault_over = started + seconds / 3, started + seconds / 3 + outage_s
-    faulted = recovered = False
-    ticks = 0
-    while time.monotonic() < started + seconds or not recovered:
-        now = time.monotonic()
-        if not faulted and now >= fault_at:
-            faulted = True
-            progress(f"fault: {scenario}, {outage_s:g} s")
-            if scenario in RESTARTS:  # NATS: a crash; Mosquitto: a restart (SIGTERM keeps
-                # its sessions on disk; a SIGKILLed Mosquitto forgets what it queued since
-                # its last autosave, which would be the broker's loss, not the devices')
-                broker.kill(0) if scenario == "node-kill" else broker.stop()
-                threading.Thread(target=watch_reconnects, args=(devices, stop_watch),
-                                 daemon=True).start()
-            else:
-                consumer.stop()
-        if faulted and not recovered and now >= fault_over:
-            recovered = True
-            progress("fault over")
-            if scenario in RESTARTS:
-                broker.start_node(0)
-            else:
-                consumer.start()
-        if now < started + seconds:
-            for d in devices:
-                produce(d)
-        ticks += 1
-        time.sleep(max(0.0, started + ticks / rate - time.monotonic()))
+def _run_fault(scenario: str, broker, consumer: Consumer, fault_at: float,
+               outage_s: float) -> None:
+    """At wall time `fault_at`, take the devices' broker (or the consumer) away for
+    `outage_s`, then bring it back. The groups publish meanwhile on the same clock."""
+    time.sleep(max(0.0, fault_at - time.time()))
+    progress(f"fault: {scenario}, {outage_s:g} s")
+    if scenario in RESTARTS:  # NATS: a crash; Mosquitto: a restart (SIGTERM keeps its
+        # sessions on disk; a SIGKILLed Mosquitto forgets what it queued since its last
+        # autosave, which would be the broker's loss, not the devices')
+        broker.kill(0) if scenario == "node-kill" else broker.stop()
+    else:
+        consumer.stop()
+    time.sleep(max(0.0, fault_at + outage_s - time.time()))
+    progress("fault over")
+    if scenario in RESTARTS:
+        broker.start_node(0)
+    else:
+        consumer.start()
 
 
-def _account(report: FleetReport, devices: list[Device], consumer: Consumer) -> None:
+def _account(report: FleetReport, devices: list[DeviceResult], consumer: Consumer
+             ) -> None:
     report.produced = sum(d.produced for d in devices)
     for d in devices:
         got = consumer.seqs.get(d.name, [])
@@ -267,13 +265,16 @@ def _account(report: FleetReport, devices: list[Device], consumer: Consumer) -> 
 
 
 def bench_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: float,
-                out: str) -> int:
+                out: str, per_process: int = MAX_PER_PROCESS) -> int:
     logging.getLogger("maskwatch").setLevel(logging.ERROR)  # 1,000 devices' reconnect lines
     with tempfile.TemporaryDirectory(prefix="maskwatch-fleet-") as work:
-        report = run_fleet(scenario, count, rate, seconds, outage_s, Path(work))
+        report = run_fleet(scenario, count, rate, seconds, outage_s, Path(work),
+                           per_process=per_process)
     r = report
     print(f"{r.scenario} on {r.broker}: {r.devices} devices x {r.rate_per_device:g} events/s "
-          f"for {r.seconds:g} s, outage {r.outage_s:g} s")
+          f"for {r.seconds:g} s, outage {r.outage_s:g} s ({r.processes} device processes)")
+    print(f"first connection: {r.connected_first} of {r.devices} devices in "
+          f"{r.connect_s:g} s")
     print(f"delivered {r.delivered} of {r.produced} produced ({r.missing} missing, "
           f"{r.devices_with_gaps} devices with a gap), {r.duplicates} duplicates")
     if r.reconnect_s.get("n"):
@@ -282,5 +283,7 @@ def bench_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s
     if r.latency_ms:
         print(f"latency (ms): p50 {r.latency_ms['p50']}, p99 {r.latency_ms['p99']}, "
               f"max {r.latency_ms['max']}")
+    if r.left_in_outboxes:
+        print(f"{r.left_in_outboxes} events still in the devices' outboxes at the end")
     write_json(out, asdict(report))
-    return 0 if r.missing == 0 else 1
+    return 0 if r.missing == 0 and r.connected_first == r.devices else 1
