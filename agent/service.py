@@ -30,7 +30,7 @@ from .people.events import EventContext, build_event, encode
 from .people.track import Transition
 from .pipeline import Pipeline
 from .systemd import Notifier
-from .vision.camera import Frame, Reopener, Source, quiet_opencv
+from .vision.camera import Frame, Reopener, Source, capture_size, quiet_opencv
 from .vision.config import hide_credentials
 from .vision.decision import NO_MASK
 from .vision.predict import draw_faces
@@ -229,8 +229,8 @@ class Agent:
         uri = source_uri or self.cfg.source.uri
         quiet_opencv()
         self._last_ts = 0.0
-        frames = Reopener(uri, self.cfg.source, self.stop_event, self._on_source, self._tick,
-                          until_eof=until_eof)
+        frames = Reopener(uri, capture_size(self.cfg.source, self.cfg.detect.max_side),
+                          self.stop_event, self._on_source, self._tick, until_eof=until_eof)
         frames.open_first()
         if self.publish:
             self.publisher.start()

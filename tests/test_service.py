@@ -166,3 +166,18 @@ def test_demo_prints_events_and_a_summary_without_broker_or_shared(tmp_path):
     assert any(line.startswith("people: with_mask") for line in out)
     assert "INFO: Created TensorFlow Lite" not in result.stderr  # the banner is silenced
     assert not any(tmp_path.iterdir())  # no state left behind
+
+
+def test_a_camera_is_asked_for_the_size_the_detector_needs():
+    """Left at its own default a camera often sends 1080p: decoded only to be shrunk."""
+    from maskwatch.agent.vision.camera import capture_size
+    from maskwatch.agent.vision.config import SourceConfig
+
+    def asked(max_side: int) -> tuple:
+        settings = capture_size(SourceConfig(), max_side)
+        return settings.width, settings.height
+
+    assert asked(480) == (640, 480) and asked(960) == (1280, 720)
+    assert asked(4000) == (1920, 1080)  # the largest common mode
+    mine = SourceConfig(width=800, height=600)
+    assert capture_size(mine, 480) == mine  # configured: asked as it is

@@ -194,7 +194,13 @@ def test_counting_does_not_depend_on_the_detection_rate():
 
 def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
     """The real pipeline on `bench-track`'s sequences (real faces, known identities)."""
-    from maskwatch.agent.bench.tracking import background, face_crops, run_sequence, scenarios
+    from maskwatch.agent.bench.tracking import (
+        NEW_WITHIN_S,
+        background,
+        face_crops,
+        run_sequence,
+        scenarios,
+    )
     from maskwatch.agent.config import load
     from maskwatch.agent.factory import detector_from
 
@@ -209,6 +215,9 @@ def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
         assert r["id_switches"] == r["fragments"] == r["flip_flops"] == 0, name
         assert r["poster_people"] == 0, name
         assert r["updates"] == (1 if name == "mask put on" else 0), name
+        # clear evidence (found at every run, one label, moving): decided within 0.5 s of
+        # being found, in video time
+        assert all(d["new_after_s"] <= NEW_WITHIN_S for d in r["decisions"]), name
     # 10 detections/s of 25 fps would be 0.4 frames' worth of pixels per frame; the motion
     # gate searches where the people are (and the whole frame every 2 s)
     assert sum(areas) / len(areas) < 0.3
@@ -255,3 +264,17 @@ def test_a_lost_person_ends_after_the_window_and_far_or_different_faces_are_new(
     assert [(t.kind, t.track.id) for t in out] == [("end", first)] and not tracker.lost
     late, _ = seen(tracker, (100, 50, 40, 40), 2.8, face)  # after the window: a new person
     assert late.id not in (first, far.id)
+
+
+def test_an_undecided_track_says_what_it_waits_for():
+    """What benchmarks print beside a slow `new`: each rule the track has not met yet."""
+    tracker = Tracker(TrackConfig(min_votes=3, min_seen_s=0.5, min_hit_ratio=0.5))
+    still = lambda box: np.full((16, 16), 100, np.uint8)  # noqa: E731 (a poster's pixels)
+    track = tracker.update([(10, 10, 40, 40)], 0.0, still)[0]
+    tracker.vote(track, "with_mask", 0.9, 0.0)
+    assert tracker.waiting_for(track) == ["votes", "time", "motion"]
+    for i in range(1, 4):  # missed for three runs, then found once more, still unmoved
+        tracker.update([], i * 0.1, still)
+    track = tracker.update([(10, 10, 40, 40)], 0.4, still)[0]
+    tracker.vote(track, "without_mask", 0.9, 0.4)
+    assert tracker.waiting_for(track) == ["votes", "agreement", "steadiness", "motion"]

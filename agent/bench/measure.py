@@ -104,7 +104,8 @@ def cpu_seconds() -> float:
 
 
 # --- pipeline -----------------------------------------------------------------------------
-MODES = ("defaults", "every-frame", "empty")
+MODES = ("defaults", "every-frame", "empty", "doorway")
+GENERATED = ("empty", "doorway")  # scenes made in the child, sized like the video
 EMPTY_SCENE_FPS = 30.0
 
 
@@ -113,10 +114,12 @@ class PipelineBench:
     """What one child process measures."""
 
     video: str
-    mode: str = "defaults"  # defaults | every-frame (no detection cap) | empty (static scene)
+    mode: str = "defaults"  # defaults | every-frame (no detection cap) | empty (static
+    # scene) | doorway (the static scene, one real face from the video walking across)
     size: tuple[int, int] | None = None  # frames resized to (w, h)
     realtime_fps: float = 0.0  # > 0: paced like a camera; CPU % of one core is what counts
     max_frames: int = 0
+    person: str = ""  # doorway: the walker's picture (PNG), cut from the video by the parent
 
 
 class EmptyScene:
@@ -160,14 +163,64 @@ class EmptyScene:
         pass
 
 
+class DoorwayScene(EmptyScene):
+    """The empty doorway with one person crossing it now and then: a real face (the
+    surest the detector finds in the video's first frames, with its head around it)
+    walks across in CROSSING_S, a fifth of the frame high, then the doorway is empty for
+    PAUSE_S. What a doorway camera sees most of a busy day; each crossing is one person."""
+
+    CROSSING_S, PAUSE_S = 3.0, 2.0
+
+    def __init__(self, size: tuple[int, int], frames: int, person: np.ndarray) -> None:
+        super().__init__(size, frames)
+        side = size[1] // 5 * 2  # the head patch: twice the face, a fifth of the frame
+        self.person = cv2.resize(person, (side, side), interpolation=cv2.INTER_LINEAR)
+
+    def read(self):
+        frame = super().read()
+        if frame is None:
+            return None
+        cycle = self.CROSSING_S + self.PAUSE_S
+        walked = (frame.ts % cycle) / self.CROSSING_S
+        if walked < 1.0:
+            h, w = frame.image.shape[:2]
+            side = self.person.shape[0]
+            x, y = int(walked * (w - side)), (h - side) // 3
+            frame.image[y:y + side, x:x + side] = self.person
+        return frame
+
+
+def person_from(video: str, detector, frames: int = 100, min_side: int = 32) -> np.ndarray:
+    """The surest face (highest score, at least min_side) the detector finds in the
+    video's first frames, with as much again around it (the head, some background)."""
+    from ..vision.camera import FileSource
+    from ..vision.preprocess import cut_padded, square_region
+
+    source, best = FileSource(video), None
+    try:
+        while frames and (frame := source.read()) is not None:
+            frames -= 1
+            for face in detector.detect(frame.image):
+                if min(face.box[2:]) >= min_side and (best is None or face.score > best[2]):
+                    best = (frame.image, face.box, face.score)
+    finally:
+        source.close()
+    if best is None:
+        raise SourceError(f"{video}: no face in its first frames for the doorway scene")
+    return cut_padded(best[0], square_region(best[1], 2.0))
+
+
 def _bench_source(job: PipelineBench):
-    """The video, or for the empty mode the generated scene alone: its size and length
-    were read from the video by the parent (`_sized_like_video`), so the child never loads
-    a decoder it does not use and its RSS is the agent's on a quiet camera."""
+    """The video, or for the generated modes the scene alone: its size and length were
+    read from the video by the parent (`_sized_like_video`), and the doorway's walker cut
+    from it there, so the child never holds a decoder it does not use and its RSS is the
+    agent's on a quiet camera."""
     from ..vision.camera import FileSource
 
     if job.mode == "empty":
         return EmptyScene(job.size, job.max_frames)
+    if job.mode == "doorway":
+        return DoorwayScene(job.size, job.max_frames, cv2.imread(job.person))
     return FileSource(job.video)
 
 
@@ -213,7 +266,7 @@ def _pipeline_child(cfg: Config, job: PipelineBench, spawned_at: float) -> dict:
         while not job.max_frames or pipeline.stats.frames < job.max_frames:
             t0 = time.perf_counter()
             frame = source.read()
-            if frame is not None and job.size and job.mode != "empty":
+            if frame is not None and job.size and job.mode not in GENERATED:
                 frame = replace(frame, image=cv2.resize(frame.image, job.size,
                                                         interpolation=cv2.INTER_AREA))
             decode += time.perf_counter() - t0
@@ -275,20 +328,34 @@ def bench_pipeline(cfg: Config, video: str, detectors: list[str], out: str,
     if "://" not in video and not Path(video).is_file():
         raise SourceError(f"{video}: no such video file")
     results = []
-    for name in detectors:
-        child_cfg = as_dict(cfg.replace(detect=cfg.detect.using(name)))
-        for mode in modes or list(MODES):
-            job = PipelineBench(video, mode, size, realtime_fps, max_frames)
-            if mode == "empty":
-                job = _sized_like_video(job)
-            print(f"{name} {mode}: running ...", file=sys.stderr, flush=True)
-            result = _run_child(child_cfg, job)
-            if result is not None:
-                results.append(result)
+    with tempfile.TemporaryDirectory(prefix="maskwatch-bench-") as work:
+        for name in detectors:
+            child_cfg = as_dict(cfg.replace(detect=cfg.detect.using(name)))
+            for mode in modes or list(MODES):
+                job = PipelineBench(video, mode, size, realtime_fps, max_frames)
+                if mode in GENERATED:
+                    job = _sized_like_video(job)
+                if mode == "doorway":
+                    job = replace(job, person=_walker_file(cfg, video, Path(work)))
+                print(f"{name} {mode}: running ...", file=sys.stderr, flush=True)
+                result = _run_child(child_cfg, job)
+                if result is not None:
+                    results.append(result)
     print_pipeline_table(video, cfg.classify.threads, realtime_fps, results)
     write_json(out, {"video": video, "machine": machine(), "threads": cfg.classify.threads,
                      "realtime_fps": realtime_fps, "results": results})
     return 0 if results else 1
+
+
+def _walker_file(cfg: Config, video: str, work: Path) -> str:
+    """The doorway's walker, cut from the video with the YuNet defaults (the same person
+    for every detector benched), as a PNG for the child."""
+    from ..factory import detector_from
+
+    path = work / "walker.png"
+    if not path.exists():
+        cv2.imwrite(str(path), person_from(video, detector_from(cfg.detect.using("yunet"))))
+    return str(path)
 
 
 def _run_child(child_cfg: dict, job: PipelineBench) -> dict | None:

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from ..config import Config
+from ..demo import DEMO_CLIP
 from ..factory import pipeline_from
 from ..people.track import Tracker, area, best_match, intersection
 from ..vision.camera import FileSource, Frame
@@ -32,6 +33,7 @@ from ..vision.voc import read_voc
 
 FPS = 25.0
 SIZE = (640, 480)
+NEW_WITHIN_S = 0.5  # a person should be decided this soon after being found (issue 24)
 
 
 @dataclass(frozen=True)
@@ -159,13 +161,15 @@ def run_sequence(cfg: Config, back: np.ndarray, actors: list[Actor], seed: int =
     rng = np.random.default_rng(seed)
     frames = max(a.frames.stop for a in actors) + int(FPS * cfg.track.max_missed_s) + 2
     events: list[tuple[str, int, str]] = []
+    clock = DecisionClock()
     owner: dict[int, Counter] = defaultdict(Counter)  # track id -> actor votes
     ids_by_actor: dict[int, list[int]] = defaultdict(list)
     for i in range(frames):
         frame = Frame(render(back, actors, i, rng), i / FPS, i)
         detections = pipeline.stats.detections
-        for t in pipeline.process(frame):
-            events.append((t.kind, t.track.id, t.track.label or "?"))
+        transitions = pipeline.process(frame)
+        clock.saw(pipeline.tracker, transitions, frame.ts)
+        events += [(t.kind, t.track.id, t.track.label or "?") for t in transitions]
         if pipeline.stats.detections == detections:
             continue  # no detector run on this frame: nothing to attribute
         visible = visible_faces(actors, i)
@@ -177,10 +181,13 @@ def run_sequence(cfg: Config, back: np.ndarray, actors: list[Actor], seed: int =
             owner[face.track_id][actor] += 1
             if not ids_by_actor[actor] or ids_by_actor[actor][-1] != face.track_id:
                 ids_by_actor[actor].append(face.track_id)
-    for t in pipeline.finish(frames / FPS):
-        events.append((t.kind, t.track.id, t.track.label or "?"))
+    transitions = pipeline.finish(frames / FPS)
+    clock.saw(pipeline.tracker, transitions, frames / FPS)
+    events += [(t.kind, t.track.id, t.track.label or "?") for t in transitions]
     stats = pipeline.stats
+    posters = {tid for tid, votes in owner.items() if actors[votes.most_common(1)[0][0]].poster}
     return {**score(actors, events, owner, ids_by_actor),
+            "decisions": clock.people(leave_out=posters),
             "area_searched_per_frame": stats.searched / max(1, stats.frames),
             "detect_ms_per_frame": 1000 * stats.seconds["detect"] / max(1, stats.frames)}
 
@@ -214,16 +221,57 @@ def score(actors, events, owner, ids_by_actor) -> dict:
     }
 
 
-def street_counts(cfg: Config, video: Path, rates=(5.0, 10.0, 15.0, 30.0)) -> dict:
-    counts = {}
-    for rate in rates:
-        pipeline = pipeline_from(cfg.replace(detect=replace(cfg.detect, fps=rate)))
-        source, news = FileSource(str(video)), 0
-        while (frame := source.read()) is not None:
-            news += sum(t.kind == "new" for t in pipeline.process(frame))
-        news += sum(t.kind == "new" for t in pipeline.finish(1e9))
-        counts[f"{rate:g}/s"] = news
-    return counts
+def street_runs(cfg: Config, video: Path, rates=(5.0, 10.0, 15.0, 30.0)) -> dict:
+    """The clip's decisions at each detection rate (people counted: one `new` each)."""
+    return {rate: clip_decisions(cfg.replace(detect=replace(cfg.detect, fps=rate)), video)
+            for rate in rates}
+
+
+class DecisionClock:
+    """Per person: seconds (video time) from first found to `new`, and for a late one what
+    the tracker was still waiting for past NEW_WITHIN_S (`Tracker.waiting_for`)."""
+
+    def __init__(self) -> None:
+        self.after: dict[int, float] = {}
+        self.waited: dict[int, set[str]] = defaultdict(set)
+
+    def saw(self, tracker: Tracker, transitions: list, ts: float) -> None:
+        for track in tracker.tracks:
+            if track.label is None and ts - track.first_seen > NEW_WITHIN_S + 1e-6:
+                self.waited[track.id].update(tracker.waiting_for(track))
+        for t in transitions:
+            if t.kind == "new":
+                self.after[t.track.id] = round(ts - t.track.first_seen, 3)
+
+    def people(self, leave_out: set[int] = frozenset()) -> list[dict]:
+        return [{"new_after_s": after, "waited_for": sorted(self.waited[tid])
+                 if after > NEW_WITHIN_S + 1e-6 else []}
+                for tid, after in self.after.items() if tid not in leave_out]
+
+
+def clip_decisions(cfg: Config, video: Path) -> list[dict]:
+    """Each person's `new` in a clip (DecisionClock.people)."""
+    pipeline, source, clock = pipeline_from(cfg), FileSource(str(video)), DecisionClock()
+    last = 0.0
+    while (frame := source.read()) is not None:
+        last = frame.ts
+        clock.saw(pipeline.tracker, pipeline.process(frame), frame.ts)
+    clock.saw(pipeline.tracker, pipeline.finish(last), last)
+    return clock.people()
+
+
+def latency_line(name: str, decisions: list[dict]) -> str:
+    if not decisions:
+        return f"{name}: no `new`"
+    a = np.array([d["new_after_s"] for d in decisions])
+    waited = Counter(r for d in decisions for r in d["waited_for"])
+    late = int((a > NEW_WITHIN_S + 1e-6).sum())
+    why = f" (waiting for {', '.join(f'{r} {n}' for r, n in waited.most_common())})" \
+        if late else ""
+    return (f"{name}: {len(a)} people, p50 {np.median(a):.2f} s, p95 "
+            f"{np.percentile(a, 95):.2f} s, max {a.max():.2f} s, "
+            f"{(a <= NEW_WITHIN_S + 1e-6).mean():.0%} within {NEW_WITHIN_S:g} s; "
+            f"{late} later{why}")
 
 
 def tracker_cost(cfg: Config, people: int = 10, frames: int = 3000) -> float:
@@ -250,10 +298,14 @@ def bench_tracking(cfg: Config, voc: Path, video: Path, out: str) -> int:
     crops = face_crops(voc, detector_from(cfg.detect, cfg.state_dir), back)
     rows = {name: run_sequence(cfg, back, actors, seed)
             for seed, (name, actors) in enumerate(scenarios(crops).items())}
-    total = {k: sum(r[k] for r in rows.values()) for k in next(iter(rows.values()))}
+    total = {k: sum((r[k] for r in rows.values()), [] if k == "decisions" else 0)
+             for k in next(iter(rows.values()))}
     for k in ("area_searched_per_frame", "detect_ms_per_frame"):
         total[k] /= len(rows)  # per frame: the mean of the sequences
-    counts = street_counts(cfg, video)
+    runs = street_runs(cfg, video)
+    counts = {f"{rate:g}/s": len(decisions) for rate, decisions in runs.items()}
+    clips = {"demo clip": clip_decisions(cfg, DEMO_CLIP),
+             "street clip": runs.get(cfg.detect.fps) or clip_decisions(cfg, video)}
     cost = tracker_cost(cfg)
     print(f"tracking on synthetic sequences (faces from {voc}, {FPS:g} fps, {SIZE[0]}x{SIZE[1]})")
     print(f"{'sequence':<24} {'people':>6} {'new':>4} {'new/person':>10} {'ID sw':>6} "
@@ -275,8 +327,15 @@ def bench_tracking(cfg: Config, voc: Path, video: Path, out: str) -> int:
           f"{', '.join(f'{k}: {v}' for k, v in counts.items())} (spread {spread:.0%}: "
           f"each within ±{deviation:.0%} of their mean)")
     print(f"tracker alone: {cost:.3f} ms per frame with 10 people")
+    print("`new` after the face is first found (video time):")
+    for name, decisions in [("sequences", total["decisions"]), *clips.items()]:
+        print(f"  {latency_line(name, decisions)}")
+    print("  waiting for: votes (fewer than track.min_votes: the detector missed the face), "
+          "agreement (votes split), steadiness (found in under track.min_hit_ratio of the "
+          "runs), motion (had not moved: a poster looks the same), time (seen too briefly)")
     write_json(out, {"machine": machine(), "sequences": rows, "total": total,
                      "street_people_by_detection_rate": counts, "street_spread": spread,
                      "street_largest_deviation_from_mean": deviation,
-                     "tracker_ms_per_frame_10_people": cost})
+                     "tracker_ms_per_frame_10_people": cost,
+                     "decisions": {"sequences": total["decisions"], **clips}})
     return 0

@@ -254,19 +254,41 @@ class Tracker:
         detection stands for the interval between detector runs, so the time seen is the
         span of its detections plus one interval: at 5 runs per second the span alone
         would come out 0.2 s short of what 30 runs per second measure."""
-        seen = track.last_seen - track.first_seen + self.interval
-        return (seen >= self.rules.min_seen_s and
-                track.hits >= self.rules.min_hit_ratio * track.opportunities)
+        return self._seen_s(track) >= self.rules.min_seen_s and self._steady(track)
+
+    def _seen_s(self, track: Track) -> float:
+        return track.last_seen - track.first_seen + self.interval
+
+    def _steady(self, track: Track) -> bool:
+        return track.hits >= self.rules.min_hit_ratio * track.opportunities
+
+    def waiting_for(self, track: Track) -> list[str]:
+        """What an undecided track still lacks before its `new` (empty: nothing):
+        "votes" (fewer than min_votes), "agreement" (votes split), "time" (seen for less
+        than min_seen_s), "steadiness" (found in under min_hit_ratio of the detector runs),
+        "motion" (has not moved yet: could be a poster). Benchmarks use it to say why a
+        decision was slow."""
+        lacking = []
+        if len(track.votes) < self.rules.min_votes:
+            lacking.append("votes")
+        if track.votes:
+            count = Counter(lbl for lbl, *_ in track.votes).most_common(1)[0][1]
+            if count / len(track.votes) < self.rules.agreement:
+                lacking.append("agreement")
+        if self._seen_s(track) < self.rules.min_seen_s:
+            lacking.append("time")
+        if not self._steady(track):
+            lacking.append("steadiness")
+        if not track.alive:
+            lacking.append("motion")
+        return lacking
 
     def _try_decide(self, track: Track) -> Transition | None:
-        if len(track.votes) < self.rules.min_votes or not track.alive or \
-                not self._seen_long_enough(track):
+        if self.waiting_for(track):
             return None
-        label, count = Counter(lbl for lbl, *_ in track.votes).most_common(1)[0]
-        if count / len(track.votes) >= self.rules.agreement:
-            track.decide(label, track.last_seen)
-            return Transition("new", track)
-        return None
+        track.decide(Counter(lbl for lbl, *_ in track.votes).most_common(1)[0][0],
+                     track.last_seen)
+        return Transition("new", track)
 
     def expire(self, ts: float, everything: bool = False) -> list[Transition]:
         """End tracks unseen for max_missed_s (all of them with `everything`).

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -155,10 +155,8 @@ class LiveSource:
                 raise SourceError(f"cannot open stream {self.description} (no answer within "
                                   f"{STREAM_OPEN_TIMEOUT_MS // 1000} s, wrong address, or "
                                   "refused)")
-        if width:
-            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
-        if height:
-            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        if self._is_camera(uri):
+            self._ask_size(width, height)
         self._latest: Frame | None = None
         self._failed = False
         self._cond = threading.Condition()
@@ -166,6 +164,22 @@ class LiveSource:
         self._count = 0
         self._thread = threading.Thread(target=self._pump, name="camera", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _is_camera(uri: str) -> bool:
+        return uri.isdigit() or uri.startswith("/dev/")
+
+    def _ask_size(self, width: int | None, height: int | None) -> None:
+        """Ask a V4L2 camera for width x height and log what it gives (a camera picks its
+        nearest mode). Streams send what they send: pick their sub-stream instead."""
+        if width:
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        if height:
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        given = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                 int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        log.info("camera %s gives %dx%d (asked for %sx%s)", self.description, *given,
+                 width or "-", height or "-")
 
     def _pump(self) -> None:
         while not self._stop.is_set():
@@ -228,6 +242,21 @@ class PiCameraSource:
     def close(self) -> None:
         self._cam.stop()
         self._cam.close()
+
+
+# Camera modes nearly every USB camera and the Pi camera offer, smallest first
+CAPTURE_SIZES = ((640, 480), (1280, 720), (1920, 1080))
+
+
+def capture_size(settings: SourceConfig, max_side: int) -> SourceConfig:
+    """The settings with the size to ask a camera for: the configured width and height,
+    else the smallest common mode whose long side reaches `detect.max_side` (640x480 at
+    the default 480). A camera left at its own default often sends 1080p, and the agent
+    would decode 6.75x the pixels only to shrink them to 480 for the detector."""
+    if settings.width or settings.height:
+        return settings
+    width, height = next((s for s in CAPTURE_SIZES if s[0] >= max_side), CAPTURE_SIZES[-1])
+    return replace(settings, width=width, height=height)
 
 
 def is_file_source(uri: str) -> bool:

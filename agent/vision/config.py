@@ -15,10 +15,11 @@ class SourceConfig:
     realtime: bool = setting(False, "bool", "pace video files at their frame rate (live "
                              "sources always are)")
     loop: bool = setting(False, "bool", "restart a video file at its end")
-    width: int | None = setting(None, "int", "capture width hint for cameras", low=16,
-                                high=8192, nullable=True)
-    height: int | None = setting(None, "int", "capture height hint for cameras", low=16,
-                                 high=8192, nullable=True)
+    width: int | None = setting(None, "int", "capture width asked of a camera (V4L2, Pi); "
+                                "null: the smallest of 640x480, 1280x720, 1920x1080 that "
+                                "detect.max_side needs", low=16, high=8192, nullable=True)
+    height: int | None = setting(None, "int", "capture height asked of a camera; null: as "
+                                 "width", low=16, high=8192, nullable=True)
     wait: bool = setting(False, "bool", "keep retrying a camera or stream that is not there "
                          "at start (the systemd unit turns this on); off: exit 66 at once")
     retry_initial_s: float = setting(1.0, "float", "first wait before reopening a lost source",

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ModelError
 from .config import DetectConfig
 from .preprocess import Box, area, iou
+from .resample import shrink
 from .tflite import load_interpreter
 from .tuning import TuningFile
 
@@ -119,7 +120,7 @@ def view_of(frame: np.ndarray, region: Box | None, max_side: int) -> View:
     part = frame[y0:y1, x0:x1]
     if factor < 1.0:
         size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
-        part = cv2.resize(part, size, interpolation=cv2.INTER_AREA)
+        part = shrink(part, size)
     return View(part, factor, x0, y0, x1, y1, w, h)
 
 
