@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("--detectors", default="yunet", help="comma-separated (yunet,blazeface,haar)")
     p.add_argument("--modes", type=bench_modes_arg, default=None,
-                   help="comma-separated, of defaults, every-frame, empty (default: all)")
+                   help="comma-separated, of defaults, every-frame, empty, doorway (default: all)")
     p.add_argument("--size", type=frame_size_arg, metavar="WxH", help="resize frames first")
     p.add_argument("--realtime", type=float, default=0.0, metavar="FPS",
                    help="pace frames like a camera at FPS and report CPU %% of one core")
