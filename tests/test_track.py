@@ -278,3 +278,33 @@ def test_an_undecided_track_says_what_it_waits_for():
     track = tracker.update([(10, 10, 40, 40)], 0.4, still)[0]
     tracker.vote(track, "without_mask", 0.9, 0.4)
     assert tracker.waiting_for(track) == ["votes", "agreement", "steadiness", "motion"]
+
+
+def test_a_portrait_with_people_walking_in_front_of_it_stays_no_one():
+    """Each passer-by hides part of it: the portrait is found smaller and off-centre (not
+    at all when mostly hidden), and its pixels change. Neither is its life; each walker
+    counts once."""
+    tracker = Tracker(TrackConfig(min_votes=3, max_missed_s=0.5))
+    portrait = (300, 100, 60, 60)
+    out = []
+    for i in range(120):  # 12 s; a walker crosses every 3 s, at the portrait's height
+        ts, k = i * 0.1, i % 30
+        walker = (100 + 12 * k, 95, 60, 60) if k < 20 else None
+        boxes = [walker] if walker else []
+        hidden = 0 if walker is None else max(0, 60 - abs(walker[0] - portrait[0]))
+        if hidden <= 30:  # more than half hidden: not found at all
+            left = walker is not None and walker[0] < portrait[0]
+            boxes.append((300 + hidden, 100, 60 - hidden, 60) if left else
+                         (300, 100, 60 - hidden, 60))
+
+        def look(box, walker=walker, k=k):  # the portrait, unless a walker's head is over it
+            covered = walker is not None and abs(walker[0] - box[0]) < 90
+            return np.full((16, 16), 40 + 10 * k if covered else 100, np.uint8)
+
+        for track in tracker.update(boxes, ts, look):
+            change = tracker.vote(track, "with_mask", 0.9, ts)
+            if change:
+                out.append((change.kind, change.track.first_box[0]))
+        out += [(t.kind, t.track.first_box[0]) for t in tracker.expire(ts)]
+    news = [x for kind, x in out if kind == "new"]
+    assert portrait[0] not in news and news == [100] * 4  # four walkers, no portrait

@@ -40,6 +40,10 @@ RECHECK_EVERY = 3  # a decided track is classified again every Nth detection (la
 LOST_KEPT = 32  # lost people remembered for re-identification at most (bounded memory)
 VELOCITY_SMOOTHING = 0.5  # weight of the newest velocity estimate
 ALIVE_MOVE = 0.15  # the box centre moved this share of the face size: a live person
+# ... while another face is in front of it: a half-hidden portrait is found smaller and
+# off-centre (by up to a quarter of its size), a walker in a crowd moves further
+ALIVE_MOVE_BEHIND = 0.5
+WALKING_FACES_PER_S = 0.5  # a face moving this fast (face widths a second) is walking
 ALIVE_PIXELS = 4.0  # mean grey-level change of the face signature: a live person
 
 
@@ -115,8 +119,13 @@ class Track:
         scores = [c for lbl, c, *_ in self.votes if lbl == label]
         return round(sum(scores) / len(scores), 4) if scores else 0.0
 
+    def walking(self) -> bool:
+        """Moving at WALKING_FACES_PER_S face widths a second or more (smoothed)."""
+        speed = math.hypot(*self.velocity)
+        return speed >= WALKING_FACES_PER_S * max(1, self.box[2])
+
     def moved_to(self, box: Box, ts: float) -> None:
-        """A new detection of this face: update box, velocity and the alive evidence."""
+        """A new detection of this face: update box and velocity."""
         dt = ts - self.last_seen
         if dt > 0:
             vx = ((box[0] + box[2] / 2) - (self.box[0] + self.box[2] / 2)) / dt
@@ -127,8 +136,6 @@ class Track:
         self.box, self.last_seen = box, ts
         self.hits += 1
         self.detections_since_vote += 1
-        if not self.alive and self.first_box is not None:
-            self.alive = centre_distance(self.first_box, box) >= ALIVE_MOVE
 
     def look(self, signature: np.ndarray) -> None:
         """The pixels where the face first was, now: a living face changes them (blinks,
@@ -138,6 +145,23 @@ class Track:
         elif not self.alive:
             change = float(np.mean(np.abs(signature.astype(np.float32) - self.signature)))
             self.alive = change >= ALIVE_PIXELS
+
+
+IN_FRONT_MARGIN = 0.5  # another face's head (hair, a hat) reaches this share of its size
+
+
+def _in_front(place: Box, passing: list[Box]) -> bool:
+    """A walking face (with its head around it) over `place` now: someone passing in
+    front. What changes there then is them, not this face's life: a portrait on the wall
+    behind people walking by would otherwise turn into a person. (People standing side
+    by side do not count: they do not cross each other.)"""
+    return any(intersection(place, _grown(box, IN_FRONT_MARGIN)) for box in passing)
+
+
+def _grown(box: Box, margin: float) -> Box:
+    x, y, w, h = box
+    dx, dy = int(w * margin), int(h * margin)
+    return x - dx, y - dy, w + 2 * dx, h + 2 * dy
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -203,13 +227,30 @@ class Tracker:
                 self._next_id += 1
                 self.tracks.append(track)
                 matched[bi] = track
-        for track in matched.values():
+        passing = [b for bi, b in enumerate(boxes) if matched[bi].walking()]
+        for bi, track in matched.items():
             if not track.alive:
-                if look is None:
-                    track.alive = track.hits > 1  # nothing to judge by: seen twice is enough
-                else:
-                    track.look(look(track.first_box or track.box))
+                self._judge_alive(track, boxes[bi], [b for b in passing if b is not boxes[bi]],
+                                  look)
         return [matched[bi] for bi in range(len(boxes))]
+
+    @staticmethod
+    def _judge_alive(track: Track, box: Box, passing: list[Box],
+                     look: Callable[[Box], np.ndarray] | None) -> None:
+        """Has this face shown life: its box moved from where it was first found, or the
+        pixels there changed? While another face is in front of it, only a walk counts: a
+        portrait on the wall half hidden by a passer-by is found smaller and off-centre,
+        and the pixels there are theirs."""
+        place = track.first_box or track.box
+        moved = centre_distance(place, box)
+        if _in_front(place, passing):  # only a walk, not a box cut by the passer-by
+            track.alive = moved >= ALIVE_MOVE_BEHIND
+        elif moved >= ALIVE_MOVE:
+            track.alive = True
+        elif look is None:
+            track.alive = track.hits > 1  # nothing to judge by: seen twice is enough
+        else:
+            track.look(look(place))
 
     def vote(self, track: Track, label: str, confidence: float,
              ts: float | None = None) -> Transition | None:
