@@ -120,15 +120,22 @@ def scenarios(crops: dict) -> dict[str, list[Actor]]:
     out["poster and a passer-by"] = [
         Actor(m[4], MASK, (520, 40), (0, 0), range(150), poster=True),
         Actor(n[3], NO_MASK, (20, 300), (5, 0), range(100))]
-    # a masked portrait on the wall with four people walking in front of it, at its height
-    # (each hides it for a moment): the portrait must stay no one
-    out["poster behind walkers"] = [
-        Actor(m[7 % len(m)], MASK, (280, 160), (0, 0), range(330), poster=True)] + [
-        Actor((n if k % 2 else m)[(k + 6) % len(n if k % 2 else m)], NO_MASK if k % 2 else MASK,
-              (10, 150 + 8 * k) if k % 2 == 0 else (SIZE[0] - 106, 150 + 8 * k),
-              (5, 0) if k % 2 == 0 else (-5, 0), range(60 * k, 60 * k + 105))
-        for k in range(4)]
+    out["poster behind walkers"] = poster_behind_walkers(m, n)
     return out
+
+
+def poster_behind_walkers(m: list[np.ndarray], n: list[np.ndarray]) -> list[Actor]:
+    """A masked portrait on the wall and four people walking in front of it at its
+    height, one every 2.4 s, masked ones from the left, unmasked from the right (each
+    hides it for a moment): the portrait must stay no one."""
+    actors = [Actor(m[7 % len(m)], MASK, (280, 160), (0, 0), range(330), poster=True)]
+    for k in range(4):
+        from_left = k % 2 == 0
+        crops, label = (m, MASK) if from_left else (n, NO_MASK)
+        start = (10 if from_left else SIZE[0] - 106, 150 + 8 * k)
+        actors.append(Actor(crops[(k + 6) % len(crops)], label, start,
+                            (5 if from_left else -5, 0), range(60 * k, 60 * k + 105)))
+    return actors
 
 
 def render(back: np.ndarray, actors: list[Actor], i: int, rng) -> np.ndarray:

@@ -227,11 +227,11 @@ class Tracker:
                 self._next_id += 1
                 self.tracks.append(track)
                 matched[bi] = track
-        passing = [b for bi, b in enumerate(boxes) if matched[bi].walking()]
+        walking = [bi for bi in range(len(boxes)) if matched[bi].walking()]
         for bi, track in matched.items():
             if not track.alive:
-                self._judge_alive(track, boxes[bi], [b for b in passing if b is not boxes[bi]],
-                                  look)
+                passing = [boxes[other] for other in walking if other != bi]
+                self._judge_alive(track, boxes[bi], passing, look)
         return [matched[bi] for bi in range(len(boxes))]
 
     @staticmethod

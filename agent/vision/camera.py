@@ -141,7 +141,7 @@ class LiveSource:
 
     def __init__(self, uri: str, width: int | None = None, height: int | None = None) -> None:
         self.description = hide_credentials(uri)
-        if uri.isdigit() or uri.startswith("/dev/"):
+        if self._is_camera(uri):
             if uri.startswith("/dev/") and not Path(uri).exists():
                 raise SourceError(f"camera {uri} does not exist; {camera_hint()}")
             self._cap = cv2.VideoCapture(int(uri) if uri.isdigit() else uri)

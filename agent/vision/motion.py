@@ -42,8 +42,9 @@ class MotionGate:
         return cv2.GaussianBlur(small, (3, 3), 0).astype(np.float32)
 
     def moved(self, image: np.ndarray) -> list[Box]:
-        """The regions (frame pixels) that changed since the background, one per moving
-        blob (blobs a few pixels apart are one); empty when nothing moved."""
+        """The regions (frame pixels) that are moving (differ from the background and
+        from the previous look), one per moving blob (blobs a few pixels apart are one);
+        empty when nothing moved."""
         small = self._shrink(image)
         if self._background is None or self._background.shape != small.shape:
             self._background = small
