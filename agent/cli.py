@@ -288,6 +288,29 @@ def cmd_adapt(args) -> int:
     return 0 if report.accepted or detector_changed else EXIT_NOT_ADAPTED
 
 
+def count_arg(low: int, high: int):
+    """An argparse type: a whole number from low to high, else a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value}: from {low} to {high}")
+        return value
+    return parse
+
+
+def positive_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
 def frame_size_arg(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -452,12 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "or tls-storm (Mosquitto on TLS restarted: all reconnect at once)")
     p.add_argument("--scenario", choices=("node-kill", "consumer-outage", "tls-storm"),
                    default="node-kill")
-    p.add_argument("--devices", type=int, default=100)
-    p.add_argument("--rate", type=float, default=1.0, help="events per second per device")
+    p.add_argument("--devices", type=count_arg(1, 100_000), default=100)
+    p.add_argument("--rate", type=positive_arg, default=1.0,
+                   help="events per second per device")
     p.add_argument("--seconds", type=float, default=30.0, help="how long the devices publish")
     p.add_argument("--outage", type=float, default=10.0, help="seconds the node or consumer "
                    "is away")
-    p.add_argument("--per-process", type=int, default=100, help="devices simulated in one "
+    p.add_argument("--per-process", type=count_arg(1, 100), default=100,
+                   help="devices simulated in one "
                    "process (at most 100: paho's select() cannot watch more descriptors)")
     p.add_argument("--out", default="bench/fleet.json")
     p.set_defaults(func=cmd_bench_fleet)

@@ -24,6 +24,16 @@ def test_a_missing_bench_input_is_66_before_any_work(command):
     assert "running" not in result.stderr  # no mode was started
 
 
+@pytest.mark.parametrize("option, said", [(["--devices", "0"], "0: from 1 to 100000"),
+                                          (["--per-process", "500"], "500: from 1 to 100"),
+                                          (["--rate", "0"], "0: must be above 0")])
+def test_a_fleet_bench_that_cannot_run_is_a_usage_error(option, said):
+    """Before any broker starts: an empty fleet, a process past select()'s limit, no rate."""
+    result = subprocess.run(agent_command("bench-fleet", *option), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().endswith(said)
+
+
 def test_install_help_is_the_usage_only():
     result = subprocess.run(["bash", str(ROOT / "deploy" / "install.sh"), "--help"],
                             capture_output=True, text=True, timeout=30)
