@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import load
@@ -61,7 +61,7 @@ class DeviceResult:
 @dataclass
 class Device:
     publisher: Publisher
-    result: DeviceResult = field(default_factory=lambda: DeviceResult(""))
+    result: DeviceResult
 
 
 def make_devices(plan: GroupPlan) -> list[Device]:
@@ -91,8 +91,10 @@ def produce(device: Device) -> None:
     device.result.produced += 1
 
 
-def watch_reconnects(devices: list[Device], stop: threading.Event) -> None:
-    """Each device's time from its broker going away to being connected again."""
+def watch_reconnects(devices: list[Device], stop: threading.Event, since: float) -> None:
+    """From wall time `since` (the fault), each device's time from its broker going away
+    to being connected again."""
+    stop.wait(max(0.0, since - time.time()))
     while not stop.is_set():
         now = time.monotonic()
         for d in devices:
@@ -119,23 +121,14 @@ def publish_for(devices: list[Device], start: float, seconds: float, rate: float
                 watch_from: float, stop_watch: threading.Event) -> None:
     """Each device queues `rate` events a second from wall time `start` for `seconds`;
     reconnects are watched from wall time `watch_from` (when the fault begins)."""
-    ticks, watching = 0, False
-    while True:
-        due = start + ticks / rate
-        if due >= start + seconds:
-            break
+    threading.Thread(target=watch_reconnects, args=(devices, stop_watch, watch_from),
+                     daemon=True).start()
+    ticks = 0
+    while (due := start + ticks / rate) < start + seconds:
         time.sleep(max(0.0, due - time.time()))
-        if not watching and time.time() >= watch_from:
-            watching = True
-            threading.Thread(target=watch_reconnects, args=(devices, stop_watch),
-                             daemon=True).start()
         for d in devices:
             produce(d)
         ticks += 1
-    if not watching:  # a fault after the publishing ends (a long --outage)
-        time.sleep(max(0.0, watch_from - time.time()))
-        threading.Thread(target=watch_reconnects, args=(devices, stop_watch),
-                         daemon=True).start()
 
 
 def drain(devices: list[Device], limit_s: float) -> int:

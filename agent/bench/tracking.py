@@ -320,7 +320,8 @@ def bench_tracking(cfg: Config, voc: Path, video: Path, out: str) -> int:
     runs = street_runs(cfg, video)
     counts = {f"{rate:g}/s": len(decisions) for rate, decisions in runs.items()}
     clips = {"demo clip": clip_decisions(cfg, DEMO_CLIP),
-             "street clip": runs.get(cfg.detect.fps) or clip_decisions(cfg, video)}
+             "street clip": runs[cfg.detect.fps] if cfg.detect.fps in runs
+             else clip_decisions(cfg, video)}
     cost = tracker_cost(cfg)
     print(f"tracking on synthetic sequences (faces from {voc}, {FPS:g} fps, {SIZE[0]}x{SIZE[1]})")
     print(f"{'sequence':<24} {'people':>6} {'new':>4} {'new/person':>10} {'ID sw':>6} "

@@ -123,7 +123,7 @@ def crops_of(searched: list[tuple[Path, int, list[list[Face]]]], use: int,
         if isinstance(subject, str):
             left_out[subject].append(path.name)
             continue
-        image = read_image_file(str(path))
+        image = read_image_file(str(path))  # again: hundreds of photos are not held
         crop = face_input(image, subject.box, classifier.crop)
         rows.append(classifier.infer(crop[None])[1][0])
         labels.append(value)
