@@ -83,11 +83,20 @@ def add_evaluate(sub) -> None:
     p.add_argument("--argmax", action="store_true", help="ignore the no-mask threshold")
     p.add_argument("--detector-model", help="VOC: crop around YuNet's matching box (what the "
                    "device sees) instead of the annotated box; 'bundled' for the agent's own")
+    p.add_argument("--light", choices=("normal", "dark", "backlit"), default="normal",
+                   help="VOC: classify each face relit: dark (the whole image at "
+                   "--brightness) or backlit (the face at --brightness, the rest near white)")
+    p.add_argument("--brightness", type=float, default=0.35,
+                   help="with --light: the face's brightness, a share of as photographed "
+                   "(0.35: an unlit entrance; 0.08: a face at ~12/255 against a window)")
 
 
 def run_evaluate(args) -> int:
     from .evaluate import evaluate
 
+    if not 0.0 < args.brightness <= 1.0:  # also refuses nan
+        raise ConvertError(f"--brightness {args.brightness:g}: a share of the face's "
+                           "brightness, above 0 and at most 1")
     detector_model = args.detector_model
     if detector_model == "bundled":
         from maskwatch.agent.vision.models import bundled_model_path
@@ -95,7 +104,7 @@ def run_evaluate(args) -> int:
         detector_model = str(bundled_model_path("yunet"))
     evaluate(args.model, args.data, json_path=args.json, plots=args.plots, scale=args.margin,
              min_face=args.min_face, threshold=args.threshold, use_argmax=args.argmax,
-             detector_model=detector_model)
+             detector_model=detector_model, light=args.light, brightness=args.brightness)
     return 0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from maskwatch.agent.errors import InputError
 from maskwatch.agent.people.track import best_match
 from maskwatch.agent.vision.decision import MASK, NO_MASK, decide_all
-from maskwatch.agent.vision.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.vision.preprocess import Box, CropSpec, face_input, whole_image_box
 from maskwatch.agent.vision.voc import is_voc, read_voc
 
 from .dataset import scan
@@ -80,9 +80,33 @@ def progress(items: list, what: str):
     return tqdm(items, desc=what, file=sys.stderr, disable=None, leave=False)
 
 
-def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], detector=None):
+LIGHTS = ("normal", "dark", "backlit")
+WINDOW = 245  # the bright window behind a backlit face
+
+
+def relit(image: np.ndarray, face: Box, light: str, brightness: float) -> np.ndarray:
+    """`image` as in hard light: `dark`, all of it at `brightness` (an unlit entrance);
+    `backlit`, the face box at `brightness` and the rest most of the way to white (a
+    person in front of a bright window). `normal`: as photographed."""
+    if light == "normal":
+        return image
+    out = image.astype(np.float32)
+    if light == "backlit":
+        out = 0.3 * out + 0.7 * WINDOW
+        x, y, w, h = face
+        out[max(0, y):y + h, max(0, x):x + w] = image[max(0, y):y + h, max(0, x):x + w]
+        out[max(0, y):y + h, max(0, x):x + w] *= brightness
+    else:
+        out *= brightness
+    return out.astype(np.uint8)
+
+
+def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], detector=None,
+              light: str = "normal", brightness: float = 1.0):
     """Crops of annotated faces: around the annotated box, or (with a detector) around the
-    detector's matching box (IoU >= 0.3), which is what the device classifies."""
+    detector's matching box (IoU >= 0.3), which is what the device classifies. With a
+    `light` other than normal, each face is cut from its image relit (`relit`); the
+    detector still searches the image as photographed (this measures the classifier)."""
     crops, y, sizes, skipped = [], [], [], []
     missed = 0
     current: tuple[Path, np.ndarray | None, list] | None = None
@@ -105,7 +129,7 @@ def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], dete
                 missed += 1
                 continue
             box = boxes[match]
-        crops.append(face_input(image, box, spec))
+        crops.append(face_input(relit(image, face.box, light, brightness), box, spec))
         y.append(labels.index(face.label))
         sizes.append(face.size)
     return crops, y, sizes, sorted(set(skipped)), missed
@@ -127,12 +151,14 @@ def folder_crops(root: Path, spec: CropSpec, labels: list[str]):
 
 
 def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plots: Path | None,
-                 detector=None):
+                 detector=None, light: str = "normal", brightness: float = 1.0):
     spec = CropSpec(size=scorer.crop.size, scale=scale)
     missed = None
     if is_voc(root):
         crops, y, sizes, skipped, missed = voc_crops(root, spec, min_face, scorer.labels,
-                                                     detector)
+                                                     detector, light, brightness)
+    elif light != "normal":
+        raise ConvertError(f"{root}: --light needs a Pascal VOC set (the face box is known)")
     else:
         crops, y, sizes, skipped = folder_crops(root, spec, scorer.labels)
     if not crops:
@@ -140,13 +166,15 @@ def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plo
     scores = scorer.scores(np.stack(crops))
     pred = decide_all(scores, scorer.labels, threshold)
     y, sizes = np.asarray(y), np.asarray(sizes)
-    result = {"data": str(root), "skipped_unreadable": skipped,
+    result = {"data": str(root), "skipped_unreadable": skipped, "light": light,
+              "brightness": brightness,
               "boxes": "detector" if detector is not None else "annotation",
               "faces_missed_by_detector": missed,
               "all": full_report(y, pred, scorer.labels), "by_face_size": {}}
     if detector is not None:
         print(f"{root}: {missed} annotated faces not found by the detector (not classified)")
-    print(format_report(f"{root} (all faces)", result["all"]))
+    lit = "" if light == "normal" else f", {light} at {brightness:g} brightness"
+    print(format_report(f"{root} (all faces{lit})", result["all"]))
     for name, lo, hi in SIZE_BUCKETS:
         keep = (sizes >= lo) & (sizes < hi)
         if keep.any():
@@ -162,7 +190,8 @@ def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plo
 def evaluate(model: str, data: list[str], json_path: Path | None = None,
              plots: Path | None = None, scale: float = 1.2, min_face: int = 0,
              threshold: float | None = None, use_argmax: bool = False,
-             detector_model: str | None = None) -> dict:
+             detector_model: str | None = None, light: str = "normal",
+             brightness: float = 1.0) -> dict:
     scorer = load_scorer(model)
     detector = None
     if detector_model:
@@ -187,7 +216,7 @@ def evaluate(model: str, data: list[str], json_path: Path | None = None,
             raise ConvertError(f"data folder not found: {root}")
         try:
             results["datasets"].append(evaluate_set(scorer, path, scale, min_face, threshold,
-                                                    plots, detector))
+                                                    plots, detector, light, brightness))
         except InputError as exc:
             raise ConvertError(str(exc)) from None
     if json_path is not None:

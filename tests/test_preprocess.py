@@ -6,7 +6,13 @@ import cv2
 import numpy as np
 
 from maskwatch.agent.vision.classify import Classifier
-from maskwatch.agent.vision.preprocess import CropSpec, face_input, resize_square, square_region
+from maskwatch.agent.vision.preprocess import (
+    CropSpec,
+    exposed,
+    face_input,
+    resize_square,
+    square_region,
+)
 
 
 def test_square_region_is_centred_and_scaled():
@@ -14,11 +20,11 @@ def test_square_region_is_centred_and_scaled():
 
 
 def test_crop_outside_frame_repeats_edges():
-    frame = np.zeros((50, 50, 3), np.uint8)
-    frame[:, :, 2] = 200  # red in BGR
+    frame = np.full((50, 50, 3), 210, np.uint8)
+    frame[:, :, 2] = 240  # red in BGR
     crop = face_input(frame, (-10, -10, 30, 30), CropSpec(size=32))
     assert crop.shape == (32, 32, 3)
-    assert (crop[..., 0] == 200).all()  # RGB: red channel first, edges replicated
+    assert (crop[..., 0] == 240).all()  # RGB: red channel first, edges replicated
 
 
 def test_upscaling_is_bilinear_and_downscaling_area():
@@ -49,3 +55,22 @@ def test_training_path_equals_device_path(shared, state_dir):
         assert device_tensor.dtype == train_tensor.dtype == np.uint8
         assert np.array_equal(device_tensor, train_tensor)
     assert cropper.detected > 0
+
+
+def test_a_dark_face_is_lifted_and_a_lit_one_left_alone():
+    rng = np.random.default_rng(3)
+    lit = rng.integers(40, 250, (128, 128, 3), dtype=np.uint8)
+    assert exposed(lit) is lit  # its bright end is above 200: as it was
+    dark = (lit.astype(np.float32) * 0.08).astype(np.uint8)  # ~12/255 on average
+    lifted = exposed(dark)
+    assert lifted.dtype == np.uint8 and lifted.shape == dark.shape
+    assert 150 <= np.percentile(lifted, 98) <= 255 and lifted.mean() > 4 * dark.mean()
+    # relative contrasts kept: a gain, not an equalisation
+    assert np.corrcoef(dark.ravel(), lifted.ravel())[0, 1] > 0.99
+
+
+def test_a_face_is_judged_without_the_bright_window_around_it():
+    face = np.full((128, 128, 3), 20, np.uint8)
+    face[:32], face[-32:], face[:, :32], face[:, -32:] = 250, 250, 250, 250  # the window
+    lifted = exposed(face)
+    assert lifted[64, 64, 0] >= 150  # the middle half decides: the face is lifted

@@ -28,6 +28,9 @@ class SourceConfig:
                                  low=0.01, high=3600)
 
 
+CONTRAST = ("near", "all", "none")
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     detector: str = setting("yunet", "enum", "face detector",
@@ -43,6 +46,10 @@ class DetectConfig:
     coarse_side: int = setting(160, "int", "yunet: also search at this long side (near faces, "
                                "which the max_side search scores low); 0: one scale only",
                                low=0, high=4096)
+    contrast: str = setting("near", "enum", "yunet: equalise local contrast before "
+                            "searching (dark or backlit faces): in the coarse_side search "
+                            "(near), in both searches (all) or none; the classifier sees the "
+                            "frame as it is", choices=CONTRAST)
     min_face: int = setting(20, "int", "ignore faces smaller than this (pixels)", low=4,
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,
