@@ -28,7 +28,7 @@ class SourceConfig:
                                  low=0.01, high=3600)
 
 
-CONTRAST = ("near", "all", "none")
+CONTRAST = ("backlit", "near", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,11 @@ class DetectConfig:
     coarse_side: int = setting(160, "int", "yunet: also search at this long side (near faces, "
                                "which the max_side search scores low); 0: one scale only",
                                low=0, high=4096)
-    contrast: str = setting("near", "enum", "yunet: equalise local contrast before "
+    contrast: str = setting("backlit", "enum", "yunet: equalise local contrast before "
                             "searching (dark or backlit faces): in the coarse_side search "
-                            "(near), in both searches (all) or none; the classifier sees the "
-                            "frame as it is", choices=CONTRAST)
+                            "(near), and in the max_side one too where a quarter of the "
+                            "view is near white (backlit), always (all) or never (none); "
+                            "the classifier sees the frame as it is", choices=CONTRAST)
     min_face: int = setting(20, "int", "ignore faces smaller than this (pixels)", low=4,
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,

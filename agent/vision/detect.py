@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .config import DetectConfig
-from .contrast import TILES_PER_FRAME, equalised
+from .contrast import TILES_PER_FRAME, backlit, equalised
 from .preprocess import Box, area, intersection
 from .resample import shrink
 from .tflite import load_interpreter
@@ -193,11 +193,18 @@ class YuNetDetector(Thresholded):
             net.setScoreThreshold(threshold)
         self.score_threshold = threshold
 
+    def _equalise(self, scale: int, image: np.ndarray) -> bool:
+        """Does this search see local contrast equalised (`detect.contrast`)?"""
+        if self.contrast == "none":
+            return False
+        return self.contrast == "all" or scale == COARSE or (
+            self.contrast == "backlit" and backlit(image))
+
     def _search(self, scale: int, frame_bgr: np.ndarray, region: Box | None,
                 side: int) -> list[Face]:
         view = view_of(frame_bgr, region, side)
         image = view.image
-        if self.contrast == "all" or (self.contrast == "near" and scale == COARSE):
+        if self._equalise(scale, image):
             whole = max(view.frame_w, view.frame_h) * view.factor
             image = equalised(image, whole / TILES_PER_FRAME)
         size = (image.shape[1], image.shape[0])
