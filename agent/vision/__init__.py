@@ -2,7 +2,8 @@
 
 Owns the camera and video sources (`camera`), the motion gate (`motion`), the face
 detectors (`detect`, with `models` for their files and the bundled YuNet in
-`default_detector/`), the classifier's crop (`preprocess`), the int8 classifier and its
+`default_detector/`, and `contrast` for their view in hard light), the classifier's crop
+(`preprocess`), the int8 classifier and its
 last layer (`classify`, `head`, `tflite`, the bundle in `default_model/`), the label rule
 (`decision`), single-image prediction (`predict`) and Pascal VOC reading (`voc`). Its
 settings are the `source`, `detect` and `classify` sections (`config`).
