@@ -144,3 +144,22 @@ def test_bench_seed_compares_with_the_seed_design(shared, street_video, tmp_path
     data = json.loads(out.read_text())
     assert data["median"]["seed"]["fps"] > 0 and data["ratio"] > 1  # the agent is faster
     assert "agent / seed:" in result.stdout
+
+
+@pytest.mark.parametrize("brightness", ["0", "1.5", "nan"])
+def test_evaluate_refuses_a_brightness_that_is_no_share(brightness, dev_set):
+    result = convert("evaluate", str(ROOT / "agent" / "vision" / "default_model"), str(dev_set),
+                     "--light", "dark", "--brightness", brightness, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mask-convert")]
+    assert result.returncode == 2 and len(lines) == 1 and "--brightness" in lines[0], \
+        result.stderr[-2000:]
+
+
+def test_relit_darkens_the_face_and_whitens_what_is_behind_it():
+    from maskwatch.convert.evaluate import relit
+
+    image = np.full((100, 100, 3), 100, np.uint8)
+    lit = relit(image, (30, 30, 40, 40), "backlit", 0.1)
+    assert lit[50, 50, 0] == 10 and lit[5, 5, 0] > 200  # face at 10 %, window near white
+    assert (relit(image, (30, 30, 40, 40), "dark", 0.35) == 35).all()
+    assert relit(image, (30, 30, 40, 40), "normal", 0.35) is image
