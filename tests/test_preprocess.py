@@ -60,7 +60,9 @@ def test_training_path_equals_device_path(shared, state_dir):
 def test_a_dark_face_is_lifted_and_a_lit_one_left_alone():
     rng = np.random.default_rng(3)
     lit = rng.integers(40, 250, (128, 128, 3), dtype=np.uint8)
-    assert exposed(lit) is lit  # its bright end is above 200: as it was
+    assert exposed(lit) is lit  # its bright end is near white: as it was
+    shade = (lit.astype(np.float32) * 0.65).astype(np.uint8)  # bright end ~160: lit enough
+    assert exposed(shade) is shade
     dark = (lit.astype(np.float32) * 0.08).astype(np.uint8)  # ~12/255 on average
     lifted = exposed(dark)
     assert lifted.dtype == np.uint8 and lifted.shape == dark.shape
