@@ -163,7 +163,9 @@ class YuNetDetector(Thresholded):
     shrunk to a 160 px frame scores 0.58-0.63. So a coarse search of the same view at
     `coarse_side` (about a ninth of the pixels) runs beside it, and its faces join the
     fine ones where no fine face overlaps them: the nearer a person stands, the more the
-    coarse search is what finds them.
+    coarse search is what finds them. In hard light a search first sees its view with
+    local contrast equalised (`detect.contrast`, `contrast.py`): the coarse one always,
+    the fine one where the view is backlit.
     """
 
     name = "yunet"
