@@ -23,12 +23,12 @@ from itertools import combinations
 import cv2
 import numpy as np
 
-from .people.track import Track, Tracker, Transition, area, intersection
+from .people.track import Track, Tracker, Transition
 from .vision.camera import Frame
 from .vision.classify import Classifier, Prediction
 from .vision.detect import Detector, Face
 from .vision.motion import MotionGate
-from .vision.preprocess import Box
+from .vision.preprocess import Box, area, around, shared
 
 STAGES = ("detect", "classify", "track")
 
@@ -85,11 +85,6 @@ def _joinable(boxes: list[Box]) -> tuple[int, int] | None:
                  <= MERGE_SLACK * (area(boxes[i]) + area(boxes[j]))), None)
 
 
-def shared(a: Box, b: Box) -> float:
-    """Share of the smaller box that the other covers."""
-    return intersection(a, b) / max(1, min(area(a), area(b)))
-
-
 def distinct(faces: list[Face], max_shared: float = 0.6) -> list[Face]:
     """Faces found twice (where two searched regions meet) kept once, the larger box."""
     kept: list[Face] = []
@@ -107,13 +102,6 @@ def clip_to(box: Box, within: Box) -> Box | None:
     if x1 <= x0 or y1 <= y0:
         return None
     return x0 - within[0], y0 - within[1], x1 - x0, y1 - y0
-
-
-def around(box: Box, margin: float) -> Box:
-    """`box` grown by `margin` of its size on each side."""
-    x, y, w, h = box
-    dx, dy = int(w * margin), int(h * margin)
-    return x - dx, y - dy, w + 2 * dx, h + 2 * dy
 
 
 TRACK_MARGIN = 1.0  # a tracked face is looked for within one face size of where it was

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..vision.preprocess import Box, area, intersection, iou  # noqa: F401 (re-exported)
+from ..vision.preprocess import Box, area, around, intersection, iou  # noqa: F401 (re-exported)
 from .config import TrackConfig
 
 RECHECK_EVERY = 3  # a decided track is classified again every Nth detection (label changes)
@@ -155,13 +155,7 @@ def _in_front(place: Box, passing: list[Box]) -> bool:
     front. What changes there then is them, not this face's life: a portrait on the wall
     behind people walking by would otherwise turn into a person. (People standing side
     by side do not count: they do not cross each other.)"""
-    return any(intersection(place, _grown(box, IN_FRONT_MARGIN)) for box in passing)
-
-
-def _grown(box: Box, margin: float) -> Box:
-    x, y, w, h = box
-    dx, dy = int(w * margin), int(h * margin)
-    return x - dx, y - dy, w + 2 * dx, h + 2 * dy
+    return any(intersection(place, around(box, IN_FRONT_MARGIN)) for box in passing)
 
 
 def unit(v: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ModelError
 from .config import DetectConfig
 from .contrast import TILES_PER_FRAME, backlit, equalised
-from .preprocess import Box, area, intersection
+from .preprocess import Box, area, shared
 from .resample import shrink
 from .tflite import load_interpreter
 from .tuning import TuningFile
@@ -247,8 +247,7 @@ def join_scales(fine: list[Face], coarse: list[Face]) -> list[Face]:
     it is the more precise one."""
     joined = list(fine)
     for face in sorted(coarse, key=lambda f: -f.score):
-        if all(intersection(face.box, other.box) < JOIN_SHARED * min(area(face.box),
-                                                                      area(other.box)) and
+        if all(shared(face.box, other.box) < JOIN_SHARED and
                not _contains_centre(face.box, other.box) and
                not _contains_centre(other.box, face.box) for other in joined):
             joined.append(face)

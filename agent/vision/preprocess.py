@@ -29,6 +29,18 @@ def area(box: Box) -> int:
     return box[2] * box[3]
 
 
+def shared(a: Box, b: Box) -> float:
+    """Share of the smaller box that the other covers."""
+    return intersection(a, b) / max(1, min(area(a), area(b)))
+
+
+def around(box: Box, margin: float) -> Box:
+    """`box` grown by `margin` of its size on each side."""
+    x, y, w, h = box
+    dx, dy = int(w * margin), int(h * margin)
+    return x - dx, y - dy, w + 2 * dx, h + 2 * dy
+
+
 def iou(a: Box, b: Box) -> float:
     inter = intersection(a, b)
     union = area(a) + area(b) - inter
