@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskwatch.agent.bench.near import BACKLIGHT
 from maskwatch.agent.errors import InputError
 from maskwatch.agent.people.track import best_match
 from maskwatch.agent.vision.decision import MASK, NO_MASK, decide_all
@@ -80,24 +81,18 @@ def progress(items: list, what: str):
     return tqdm(items, desc=what, file=sys.stderr, disable=None, leave=False)
 
 
-LIGHTS = ("normal", "dark", "backlit")
-WINDOW = 245  # the bright window behind a backlit face
-
-
 def relit(image: np.ndarray, face: Box, light: str, brightness: float) -> np.ndarray:
     """`image` as in hard light: `dark`, all of it at `brightness` (an unlit entrance);
     `backlit`, the face box at `brightness` and the rest most of the way to white (a
     person in front of a bright window). `normal`: as photographed."""
     if light == "normal":
         return image
-    out = image.astype(np.float32)
-    if light == "backlit":
-        out = 0.3 * out + 0.7 * WINDOW
-        x, y, w, h = face
-        out[max(0, y):y + h, max(0, x):x + w] = image[max(0, y):y + h, max(0, x):x + w]
-        out[max(0, y):y + h, max(0, x):x + w] *= brightness
-    else:
-        out *= brightness
+    if light != "backlit":
+        return (image.astype(np.float32) * brightness).astype(np.uint8)
+    out = 0.3 * image.astype(np.float32) + 0.7 * BACKLIGHT  # the window, as bench-near's
+    x, y, w, h = face
+    box = (slice(max(0, y), y + h), slice(max(0, x), x + w))
+    out[box] = image[box] * brightness
     return out.astype(np.uint8)
 
 
