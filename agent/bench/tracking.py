@@ -156,7 +156,7 @@ def mask_in_hand(voc: Path) -> np.ndarray | None:
 
 def held_things(cfg: Config, back: np.ndarray, voc: Path) -> dict:
     """How often a mask held in a hand, moved for 3 s, becomes a person: every size and
-    path of `MASK_IN_HAND`. None where the dev set lacks the photo."""
+    path of `MASK_IN_HAND`. Empty where the dev set lacks the photo."""
     panel = mask_in_hand(voc)
     if panel is None:
         return {}
