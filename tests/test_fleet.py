@@ -105,15 +105,15 @@ def burst_through_a_nats_restart(workdir, stop_signal, count: int = 400) -> tupl
     cluster = NatsCluster(workdir, size=1).start()
     port = cluster.nodes[0].port
     subscriber = Collector(port, "probe/events", client_id="probe-sub")
-    acked: set[int] = set()
-    numbered: dict[int, int] = {}
-    lock = threading.Lock()
+    acked_mids: set[int] = set()
+    numbered: dict[int, int] = {}  # paho's message id -> message number
+    lock = threading.Lock()  # never held while calling paho: its thread calls on_publish
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe-pub",
                             clean_session=False)
 
     def on_publish(client, userdata, mid, reason_code, properties):
-        with lock:
-            acked.add(numbered[mid])
+        with lock:  # the PUBACK may come before burst() has numbered the id
+            acked_mids.add(mid)
 
     publisher.on_publish = on_publish
     publisher.reconnect_delay_set(0.2, 1)
@@ -124,8 +124,9 @@ def burst_through_a_nats_restart(workdir, stop_signal, count: int = 400) -> tupl
         for n in range(1, count + 1):
             while not publisher.is_connected():
                 time.sleep(0.01)
+            mid = publisher.publish("probe/events", str(n), qos=1).mid
             with lock:
-                numbered[publisher.publish("probe/events", str(n), qos=1).mid] = n
+                numbered[mid] = n
             time.sleep(0.005)
 
     sender = threading.Thread(target=burst)
@@ -135,13 +136,14 @@ def burst_through_a_nats_restart(workdir, stop_signal, count: int = 400) -> tupl
         _kill(cluster.nodes[0], stop_signal)
         cluster.start()
         sender.join(timeout=120)
-        assert subscriber.wait_for(lambda: len(acked) == count, 60)  # paho resends the rest
+        assert subscriber.wait_for(lambda: len(acked_mids) == count, 60)  # paho resends
         subscriber.wait_for(lambda: len(set(subscriber.on("probe/events"))) >= count, 15)
         got = {int(p) for p in subscriber.on("probe/events")}
     finally:
         publisher.loop_stop()
         subscriber.close()
         cluster.stop(lame_duck=stop_signal != signals.SIGTERM)
+    acked = {numbered[mid] for mid in acked_mids}
     return len(acked), acked - got
 
 
