@@ -49,6 +49,42 @@ def test_near_masked_faces_are_found_more_with_the_coarse_search(shared):
           f"{len(found['two'])} of {2 * len(crops)}")
 
 
+def test_a_lower_coarse_threshold_finds_more_near_masked_faces(shared):
+    """`detect.coarse_score_threshold` below score_threshold: real masked crops at 50-90 %
+    of the frame's height, as photographed and backlit, are found at least as often, and
+    some only then (the coarse search scores a near masked face 0.4-0.5)."""
+    from maskwatch.agent.bench.near import compose, jolignier_crops
+
+    crops = [c for c in jolignier_crops(shared / "data" / "train", 30) if c.label == "with_mask"]
+    settings = load(None, []).detect
+    detectors = {"same": detector_from(settings),
+                 "lower": detector_from(dataclasses.replace(settings,
+                                                            coarse_score_threshold=0.4))}
+    found: dict[str, set] = {name: set() for name in detectors}
+    for i, crop in enumerate(crops):
+        for size in (0.5, 0.7, 0.9):
+            for light in ("normal", "backlit"):
+                frame, truth = compose(crop, size, light, "centre")
+                for name, detector in detectors.items():
+                    if any(iou(f.box, truth) >= 0.3 for f in detector.detect(frame)):
+                        found[name].add((i, size, light))
+    assert found["same"] <= found["lower"] and len(found["lower"]) > len(found["same"])
+
+
+def test_site_tuning_moves_the_fine_threshold_never_above_the_coarse_one(state_dir):
+    """A site threshold (adapt's tuning) sets the fine search's; the coarse search keeps
+    its own lower one, and follows a site threshold below it."""
+    yunet = state_dir / "models" / "face_detection_yunet_2023mar.onnx"
+    detector = create_detector(DetectConfig(coarse_score_threshold=0.4), yunet)
+    for site, coarse in ((0.7, 0.4), (0.3, 0.3)):
+        detector.set_score_threshold(site)
+        assert (detector.score_threshold, detector.search_thresholds()) == \
+            (site, (site, coarse))
+    plain = create_detector(DetectConfig(), yunet)
+    plain.set_score_threshold(0.7)
+    assert plain.search_thresholds() == (0.7, 0.7)
+
+
 def test_bench_near_prints_found_rates_by_size_light_and_placement(shared, tmp_path):
     out = tmp_path / "near.json"
     result = subprocess.run(agent_command("bench-near", str(shared / "data" / "train"),

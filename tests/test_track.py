@@ -280,6 +280,26 @@ def test_an_undecided_track_says_what_it_waits_for():
     assert tracker.waiting_for(track) == ["votes", "agreement", "steadiness", "motion"]
 
 
+def test_a_late_decision_in_a_frozen_clip_is_said_to_wait_for_still_video():
+    """bench-track's clock: a person who could not move because the video repeated its
+    frame waited for "motion" and "still video"; in moving video, for motion alone."""
+    from maskwatch.agent.bench.tracking import DecisionClock
+
+    reasons = []
+    for frozen in (True, False):
+        tracker, clock = Tracker(TrackConfig(min_votes=3, min_seen_s=0.5)), DecisionClock()
+        same = lambda box: np.full((16, 16), 100, np.uint8)  # noqa: E731
+        for i in range(10):  # unmoved for 0.9 s, then a step of a fifth of the face
+            ts, box = i * 0.1, (10 + (8 if i == 9 else 0), 10, 40, 40)
+            track = tracker.update([box], ts, same)[0]
+            out = [tracker.vote(track, "with_mask", 0.9, ts)]
+            clock.saw(tracker, [t for t in out if t], ts, still=frozen and i < 9)
+        (person,) = clock.people()
+        assert person["new_after_s"] == 0.9
+        reasons.append(person["waited_for"])
+    assert reasons == [["motion", "still video"], ["motion"]]
+
+
 def test_a_portrait_with_people_walking_in_front_of_it_stays_no_one():
     """Each passer-by hides part of it: the portrait is found smaller and off-centre (not
     at all when mostly hidden), and its pixels change. Neither is its life; each walker

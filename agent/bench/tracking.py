@@ -34,6 +34,7 @@ from ..vision.voc import read_voc
 FPS = 25.0
 SIZE = (640, 480)
 NEW_WITHIN_S = 0.5  # a person should be decided this soon after being found (issue 24)
+STILL_FRAME = 0.5  # mean grey-level change from the previous frame: the video repeated it
 
 
 @dataclass(frozen=True)
@@ -286,10 +287,16 @@ class DecisionClock:
         self.after: dict[int, float] = {}
         self.waited: dict[int, set[str]] = defaultdict(set)
 
-    def saw(self, tracker: Tracker, transitions: list, ts: float) -> None:
+    def saw(self, tracker: Tracker, transitions: list, ts: float,
+            still: bool = False) -> None:
+        """`still`: this frame repeats the previous one (a clip frozen for a while, where a
+        person cannot show motion: said as "still video" beside their "motion")."""
         for track in tracker.tracks:
             if track.label is None and ts - track.first_seen > NEW_WITHIN_S + 1e-6:
-                self.waited[track.id].update(tracker.waiting_for(track))
+                waiting = tracker.waiting_for(track)
+                self.waited[track.id].update(waiting)
+                if still and "motion" in waiting:
+                    self.waited[track.id].add("still video")
         for t in transitions:
             if t.kind == "new":
                 self.after[t.track.id] = round(ts - t.track.first_seen, 3)
@@ -303,10 +310,13 @@ class DecisionClock:
 def clip_decisions(cfg: Config, video: Path) -> list[dict]:
     """Each person's `new` in a clip (DecisionClock.people)."""
     pipeline, source, clock = pipeline_from(cfg), FileSource(str(video)), DecisionClock()
-    last = 0.0
+    last, previous = 0.0, None
     while (frame := source.read()) is not None:
         last = frame.ts
-        clock.saw(pipeline.tracker, pipeline.process(frame), frame.ts)
+        still = previous is not None and previous.shape == frame.image.shape and \
+            float(cv2.absdiff(previous, frame.image).mean()) < STILL_FRAME
+        previous = frame.image
+        clock.saw(pipeline.tracker, pipeline.process(frame), frame.ts, still)
     clock.saw(pipeline.tracker, pipeline.finish(last), last)
     return clock.people()
 
@@ -389,7 +399,8 @@ def bench_tracking(cfg: Config, voc: Path, video: Path, out: str) -> int:
         print(f"  {latency_line(name, decisions)}")
     print("  waiting for: votes (fewer than track.min_votes: the detector missed the face), "
           "agreement (votes split), steadiness (found in under track.min_hit_ratio of the "
-          "runs), motion (had not moved: a poster looks the same), time (seen too briefly)")
+          "runs), motion (had not moved: a poster looks the same; still video: while the "
+          "clip repeated its frames), time (seen too briefly)")
     write_json(out, {"machine": machine(), "sequences": rows, "total": total,
                      "street_people_by_detection_rate": counts, "street_spread": spread,
                      "street_largest_deviation_from_mean": deviation,

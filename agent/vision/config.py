@@ -55,6 +55,10 @@ class DetectConfig:
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,
                                      high=1.0)
+    coarse_score_threshold: float | None = setting(
+        None, "float", "yunet: minimum confidence of the coarse_side search's faces (near "
+        "faces, which it scores lower); null: as score_threshold", low=0.0, high=1.0,
+        nullable=True)
     site_tuning: bool = setting(True, "bool", "use the score threshold fitted here by "
                                 "`mask-agent adapt --labels` (<state_dir>/site_detector.json) "
                                 "when there is one")

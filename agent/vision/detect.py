@@ -173,6 +173,7 @@ class YuNetDetector(Thresholded):
     def __init__(self, model_path: str | Path, max_side: int, min_face: int,
                  score_threshold: float, nms_threshold: float = 0.3,
                  coarse_side: int = 0, contrast: str = "none",
+                 coarse_threshold: float | None = None,
                  tuning: TuningFile | None = None) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -185,15 +186,24 @@ class YuNetDetector(Thresholded):
             raise ModelError(f"cannot load YuNet model {model_path}: {exc.msg.strip()}") from None
         self.max_side, self.min_face = max_side, min_face
         self.coarse_side = coarse_side if 0 < coarse_side < max_side else 0
-        self.contrast = contrast
+        self.contrast, self.coarse_threshold = contrast, coarse_threshold
         self._input_sizes: list[tuple[int, int] | None] = [None, None]
-        self.score_threshold, self.tuning = score_threshold, tuning
+        self.tuning = tuning
+        self.set_score_threshold(score_threshold)
         self.follow_tuning()
 
     def set_score_threshold(self, threshold: float) -> None:
-        for net in self._nets:
-            net.setScoreThreshold(threshold)
+        self._nets[FINE].setScoreThreshold(threshold)
+        if self.coarse_side:
+            coarse = threshold if self.coarse_threshold is None else \
+                min(threshold, self.coarse_threshold)
+            self._nets[COARSE].setScoreThreshold(coarse)
         self.score_threshold = threshold
+
+    def search_thresholds(self) -> tuple[float, ...]:
+        """The score threshold each search applies now (fine, then coarse)."""
+        searches = self._nets[:2 if self.coarse_side else 1]
+        return tuple(round(float(net.getScoreThreshold()), 6) for net in searches)
 
     def _equalise(self, scale: int, image: np.ndarray) -> bool:
         """Does this search see local contrast equalised (`detect.contrast`)?"""
@@ -365,6 +375,7 @@ def create_detector(settings: DetectConfig, model_path: str | Path | None,
         return YuNetDetector(model_path, max_side=settings.max_side, min_face=settings.min_face,
                              score_threshold=settings.score_threshold,
                              coarse_side=settings.coarse_side, contrast=settings.contrast,
+                             coarse_threshold=settings.coarse_score_threshold,
                              tuning=tuning)
     if name == "blazeface":
         return BlazeFaceDetector(model_path, min_face=settings.min_face,
