@@ -193,7 +193,8 @@ def test_counting_does_not_depend_on_the_detection_rate():
 
 
 def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
-    """The real pipeline on `bench-track`'s sequences (real faces, known identities)."""
+    """The real pipeline on `bench-track`'s sequences (real faces, known identities): one
+    `new` per person, six people walking into the sun included."""
     from maskwatch.agent.bench.tracking import (
         NEW_WITHIN_S,
         background,
@@ -215,6 +216,8 @@ def test_synthetic_sequences_one_event_per_person(dev_set, street_video):
         assert r["id_switches"] == r["fragments"] == r["flip_flops"] == 0, name
         assert r["poster_people"] == 0, name
         assert r["updates"] == (1 if name == "mask put on" else 0), name
+        if name == "six into the sun":  # dim faces, an odd mask: evidence is not clear
+            continue
         # clear evidence (found at every run, one label, moving): decided within 0.5 s of
         # being found, in video time
         assert all(d["new_after_s"] <= NEW_WITHIN_S for d in r["decisions"]), name

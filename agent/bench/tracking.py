@@ -47,9 +47,11 @@ class Actor:
     velocity: tuple[float, float]  # pixels per frame
     frames: range
     hidden: range = range(0)  # frames where the face is turned away (not drawn)
-    poster: bool = False  # not a person: a poster, a photo, a mask held in a hand
+    poster: bool = False  # not a person: a poster, a photo, a mask held in a hand, the sky
     later: np.ndarray | None = None  # from frame `later_from`, this face (a mask put on)
     later_from: int = 0
+    grow: float = 0.0  # share of its size the face gains per frame (walking toward the lens)
+    light: float = 1.0  # brightness of the face (0.35: against the sun)
 
     def crop_at(self, i: int) -> np.ndarray:
         return self.later if self.later is not None and i >= self.later_from else self.crop
@@ -58,9 +60,11 @@ class Actor:
         if i not in self.frames or i in self.hidden:
             return None
         j = i - self.frames.start
-        x, y = self.start[0] + self.velocity[0] * j, self.start[1] + self.velocity[1] * j
         h, w = self.crop_at(i).shape[:2]
-        return int(x), int(y), w, h
+        scale = 1.0 + self.grow * j  # grown about its centre
+        x = self.start[0] + self.velocity[0] * j - w * (scale - 1) / 2
+        y = self.start[1] + self.velocity[1] * j - h * (scale - 1) / 2
+        return int(x), int(y), int(round(w * scale)), int(round(h * scale))
 
 
 def face_crops(voc: Path, detector, back: np.ndarray, per_label: int = 8, min_size: int = 48,
@@ -122,7 +126,28 @@ def scenarios(crops: dict) -> dict[str, list[Actor]]:
         Actor(m[4], MASK, (520, 40), (0, 0), range(150), poster=True),
         Actor(n[3], NO_MASK, (20, 300), (5, 0), range(100))]
     out["poster behind walkers"] = poster_behind_walkers(m, n)
+    out["six into the sun"] = six_into_the_sun(m)
     return out
+
+
+SUN_LIGHT = 0.35  # the faces' brightness against the sun (bench-near's backlit faces)
+
+
+def six_into_the_sun(m: list[np.ndarray]) -> list[Actor]:
+    """Six masked people walking toward the camera in a loose group, the sun behind them:
+    a near-white sky over the top of the frame, their faces dim, each growing from 40 to
+    ~110 px in 3.6 s, drifting apart as they near and, near the end, a little in front of
+    one another. Six must be six."""
+    sky = Actor(np.full((240, SIZE[0], 3), 245, np.uint8), MASK, (0, 0), (0, 0), range(130),
+                poster=True)
+    actors = [sky]
+    for k in range(6):
+        crop = cv2.resize(m[k % len(m)], None, fx=40 / 96, fy=40 / 96,
+                          interpolation=cv2.INTER_AREA)
+        x = 100 + 80 * k
+        actors.append(Actor(crop, MASK, (x, 100 + 30 * (k % 2)), ((x - 300) / 400, 1.0),
+                            range(4 * k, 4 * k + 90), grow=0.02, light=SUN_LIGHT))
+    return actors
 
 
 def poster_behind_walkers(m: list[np.ndarray], n: list[np.ndarray]) -> list[Actor]:
@@ -186,7 +211,10 @@ def render(back: np.ndarray, actors: list[Actor], i: int, rng) -> np.ndarray:
             continue
         patch = actor.crop_at(i)
         if patch.shape[:2] != (h, w):
-            patch = cv2.resize(patch, (w, h), interpolation=cv2.INTER_AREA)
+            patch = cv2.resize(patch, (w, h), interpolation=cv2.INTER_AREA
+                               if w < patch.shape[1] else cv2.INTER_LINEAR)
+        if actor.light != 1.0:
+            patch = cv2.convertScaleAbs(patch, alpha=actor.light, beta=0)
         if not actor.poster:  # a living face: a little light and pose change per frame
             patch = cv2.convertScaleAbs(patch, alpha=1.0 + 0.03 * np.sin(i / 3), beta=0)
         image[y:y + h, x:x + w] = patch
