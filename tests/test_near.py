@@ -71,7 +71,7 @@ def test_a_lower_coarse_threshold_finds_more_near_masked_faces(shared):
     assert found["same"] <= found["lower"] and len(found["lower"]) > len(found["same"])
 
 
-def test_site_tuning_moves_the_fine_threshold_never_above_the_coarse_one(state_dir):
+def test_a_site_threshold_never_lifts_the_coarse_search_above_its_own(state_dir):
     """A site threshold (adapt's tuning) sets the fine search's; the coarse search keeps
     its own lower one, and follows a site threshold below it."""
     yunet = state_dir / "models" / "face_detection_yunet_2023mar.onnx"

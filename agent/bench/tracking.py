@@ -39,7 +39,8 @@ STILL_FRAME = 0.5  # mean grey-level change from the previous frame: the video r
 
 @dataclass(frozen=True)
 class Actor:
-    """One face on a path: position at frame i = start + velocity * i, visible in frames."""
+    """One face on a path: position at frame i = start + velocity * i (its size times
+    1 + grow * i, about its centre), visible in frames."""
 
     crop: np.ndarray
     label: str
