@@ -143,8 +143,9 @@ def six_into_the_sun(m: list[np.ndarray]) -> list[Actor]:
                 poster=True)
     actors = [sky]
     for k in range(6):
-        crop = cv2.resize(m[k % len(m)], None, fx=40 / 96, fy=40 / 96,
-                          interpolation=cv2.INTER_AREA)
+        face = m[k % len(m)]
+        scale = 40 / max(face.shape[:2])  # far away: 40 px
+        crop = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         x = 100 + 80 * k
         actors.append(Actor(crop, MASK, (x, 100 + 30 * (k % 2)), ((x - 300) / 400, 1.0),
                             range(4 * k, 4 * k + 90), grow=0.02, light=SUN_LIGHT))
