@@ -49,8 +49,10 @@ class DetectConfig:
     contrast: str = setting("backlit", "enum", "yunet: equalise local contrast before "
                             "searching (dark or backlit faces): in the coarse_side search "
                             "(near), and in the max_side one too where a quarter of the "
-                            "view is near white (backlit), always (all) or never (none); "
-                            "the classifier sees the frame as it is", choices=CONTRAST)
+                            "view is near white (backlit; such a view is first exposed for "
+                            "what is in front of the window), always (all, exposed as "
+                            "backlit) or never (none); the classifier sees the frame as it "
+                            "is", choices=CONTRAST)
     min_face: int = setting(20, "int", "ignore faces smaller than this (pixels)", low=4,
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,

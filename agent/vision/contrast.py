@@ -8,10 +8,19 @@ lost is contrast, not brightness; contrast-limited adaptive histogram equalisati
 (CLAHE) of the luminance stretches each neighbourhood's own range, so a dark face
 regains its edges while a well-lit one barely changes (the clip limit caps the gain).
 
-Where (`detect.contrast`): always in the near (coarse) search, which is cheap and adds
-no false face on the dev scenes' far crowds; in the fine search only when the view is
-`backlit`, since equalising every fine search added 38 boxes on no face there (one
-dev scene in ten is that bright; those added 3).
+Against a bright window the camera's exposure is set by the window, and everything in
+front of it is underexposed: a face at a third of its brightness. An exposure change is a
+gain on the pixel values (gamma-encoded or not, a gain stays a gain), so where a view is
+`backlit` both searches first see it exposed for what is in front of the window
+(`exposed_for_subject`: a gain that brings the mean of the pixels that are not near white
+to SUBJECT_LEVEL, at most MAX_GAIN), as a camera's backlight compensation does; the
+window, already white, stays white. On `mask-agent bench-near`'s backlit frames it
+raised masked faces found from 86 to 92 %; the dev scenes' figures did not move.
+
+Where (`detect.contrast`): equalised always in the near (coarse) search, which is cheap
+and adds no false face on the dev scenes' far crowds; in the fine search only when the
+view is `backlit`, since equalising every fine search added 38 boxes on no face there
+(one dev scene in ten is that bright; those added 3).
 
 Tiles have a fixed size in detector pixels (an eighth of the whole frame's long side at
 that scale), so a face is equalised the same way whether the whole frame or one moving
@@ -47,6 +56,21 @@ def equalised(image_bgr: np.ndarray, tile_px: float) -> np.ndarray:
 
 BRIGHT = 220  # luminance of a window, a lit sky: near white
 BRIGHT_SHARE = 0.25  # this share of the view near white: whatever is in front is backlit
+
+
+SUBJECT_LEVEL = 110.0  # mean luminance of a subject exposed for (a mid grey, as metering aims)
+MAX_GAIN = 4.0  # two stops: beyond it noise, not a face, is what grows
+
+
+def exposed_for_subject(image_bgr: np.ndarray) -> np.ndarray:
+    """`image_bgr` with a gain that exposes it for what is not near white (the people in
+    front of a window); unchanged where that is already bright enough."""
+    grey = cv2.cvtColor(np.ascontiguousarray(image_bgr[::4, ::4]), cv2.COLOR_BGR2GRAY)
+    subject = grey[grey < BRIGHT]
+    if subject.size == 0:
+        return image_bgr
+    gain = min(MAX_GAIN, SUBJECT_LEVEL / max(1.0, float(subject.mean())))
+    return cv2.convertScaleAbs(image_bgr, alpha=gain) if gain > 1.01 else image_bgr
 
 
 def backlit(image_bgr: np.ndarray) -> bool:
