@@ -224,3 +224,33 @@ def test_parts_of_a_face_filling_the_frame_are_not_faces_of_their_own(shared, mo
     kept = _boxes_on_no_face(shared, detector_from(settings), sizes, ("backlit",))
     assert dropped < kept, (dropped, kept)
     print(f"\nboxes on no face, backlit, 50-90 %: {dropped} (parts kept: {kept})")
+
+
+def test_a_coarse_face_counts_only_where_the_fine_search_saw_one():
+    from maskwatch.agent.vision.detect import confirmed
+
+    seen = [Face((300, 70, 190, 200), 0.21)]  # a near masked face, scored low at 480 px
+    near = Face((296, 60, 200, 220), 0.7)  # the coarse search's box of it
+    hand = Face((20, 250, 120, 130), 0.6)  # a hand the coarse search took for a face
+    assert confirmed([near, hand], seen) == [near]
+
+
+def test_confirmed_coarse_faces_put_fewer_boxes_on_no_face(dev_set, tmp_path, monkeypatch):
+    """On the dev scenes (real photos): coarse faces the fine search did not see at all
+    (hands, a receipt, a lit scarf) are left out, and no annotated face is lost."""
+    from maskwatch.agent.bench.measure import bench_detectors
+    from maskwatch.agent.vision import detect
+
+    cfg = load(None, [f"state_dir={tmp_path}"])
+
+    def bench(name: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        assert bench_detectors(cfg, dev_set, ["yunet"], str(out)) == 0
+        return json.loads(out.read_text())["results"][0]
+
+    only_seen = bench("confirmed")
+    monkeypatch.setattr(detect, "confirmed", lambda coarse, seen: coarse)
+    every = bench("every")
+    assert only_seen["boxes_on_no_annotated_face"] < every["boxes_on_no_annotated_face"]
+    for recall in ("masked_recall", "unmasked_recall"):
+        assert only_seen[recall] == every[recall]
