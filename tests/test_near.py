@@ -233,6 +233,8 @@ def test_a_coarse_face_counts_only_where_the_fine_search_saw_one():
     near = Face((296, 60, 200, 220), 0.7)  # the coarse search's box of it
     hand = Face((20, 250, 120, 130), 0.6)  # a hand the coarse search took for a face
     assert confirmed([near, hand], seen) == [near]
+    filling = Face((60, 10, 420, 460), 0.8)  # a face filling the frame: too large for it
+    assert confirmed([filling, hand], [], tall=240) == [filling]
 
 
 def test_confirmed_coarse_faces_put_fewer_boxes_on_no_face(dev_set, tmp_path, monkeypatch):
