@@ -62,10 +62,17 @@ SUBJECT_LEVEL = 110.0  # mean luminance of a subject exposed for (a mid grey, as
 MAX_GAIN = 4.0  # two stops: beyond it noise, not a face, is what grows
 
 
-def exposed_for_subject(image_bgr: np.ndarray) -> np.ndarray:
+def light_sample(image_bgr: np.ndarray) -> np.ndarray:
+    """Every fourth pixel of every fourth row, grey: a look at the light, not at detail.
+    Taken once per view, it serves both `backlit` and `exposed_for_subject`."""
+    return cv2.cvtColor(np.ascontiguousarray(image_bgr[::4, ::4]), cv2.COLOR_BGR2GRAY)
+
+
+def exposed_for_subject(image_bgr: np.ndarray, sample: np.ndarray | None = None) -> np.ndarray:
     """`image_bgr` with a gain that exposes it for what is not near white (the people in
-    front of a window); unchanged where that is already bright enough."""
-    grey = cv2.cvtColor(np.ascontiguousarray(image_bgr[::4, ::4]), cv2.COLOR_BGR2GRAY)
+    front of a window); unchanged where that is already bright enough. `sample`: its
+    `light_sample`, when already taken."""
+    grey = light_sample(image_bgr) if sample is None else sample
     subject = grey[grey < BRIGHT]
     if subject.size == 0:
         return image_bgr
@@ -73,10 +80,10 @@ def exposed_for_subject(image_bgr: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(image_bgr, alpha=gain) if gain > 1.01 else image_bgr
 
 
-def backlit(image_bgr: np.ndarray) -> bool:
+def backlit(image_bgr: np.ndarray, sample: np.ndarray | None = None) -> bool:
     """Is a quarter of the view near white (a window, a lit doorway behind people)?
-    Judged on every fourth pixel of every fourth row: a look at the light, not at detail.
-    (A dark view is not judged: equalising a whole dark frame also lifts its noise, and
-    the near search already sees dark faces equalised.)"""
-    grey = cv2.cvtColor(np.ascontiguousarray(image_bgr[::4, ::4]), cv2.COLOR_BGR2GRAY)
+    Judged on its `light_sample` (`sample`, when already taken). (A dark view is not
+    judged: equalising a whole dark frame also lifts its noise, and the near search
+    already sees dark faces equalised.)"""
+    grey = light_sample(image_bgr) if sample is None else sample
     return bool(np.count_nonzero(grey >= BRIGHT) >= BRIGHT_SHARE * grey.size)

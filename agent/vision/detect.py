@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .config import DetectConfig
-from .contrast import TILES_PER_FRAME, backlit, equalised, exposed_for_subject
+from .contrast import TILES_PER_FRAME, backlit, equalised, exposed_for_subject, light_sample
 from .preprocess import Box, area, shared
 from .resample import shrink
 from .tflite import load_interpreter
@@ -224,9 +224,10 @@ class YuNetDetector(Thresholded):
         image = view.image
         if self.contrast == "none":
             return image
-        lit = self.contrast in ("backlit", "all") and backlit(image)
+        sample = light_sample(image) if self.contrast in ("backlit", "all") else None
+        lit = sample is not None and backlit(image, sample)
         if lit:
-            image = exposed_for_subject(image)
+            image = exposed_for_subject(image, sample)
         if self.contrast == "all" or scale == COARSE or lit:
             whole = max(view.frame_w, view.frame_h) * view.factor
             image = equalised(image, whole / TILES_PER_FRAME)
