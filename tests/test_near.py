@@ -28,22 +28,32 @@ def test_coarse_faces_join_only_where_no_fine_face_is():
     assert [f.box for f in joined] == [(100, 100, 40, 40), (300, 60, 200, 220)]
 
 
+def near_frames(shared, per_class: int, sizes: tuple, lights: tuple,
+                placements: tuple = ("centre",), masked_only: bool = False):
+    """`bench-near`'s frames of real crops (jolignier, `per_class` a class): each crop at
+    each of `sizes` of a 640x480 frame's height, in each of `lights` and `placements`.
+    Yields ((crop index, size, light, placement), frame, the face's true box)."""
+    from maskwatch.agent.bench.near import compose, jolignier_crops
+
+    crops = [c for c in jolignier_crops(shared / "data" / "train", per_class)
+             if c.label == "with_mask" or not masked_only]
+    for i, crop in enumerate(crops):
+        for size in sizes:
+            for light in lights:
+                for place in placements:
+                    yield (i, size, light, place), *compose(crop, size, light, place)
+
+
 def masked_found(shared, per_class: int, detectors: dict, sizes: tuple,
                  lights: tuple) -> dict[str, set]:
     """Which real masked crops (jolignier), centred at each of `sizes` of a 640x480
     frame's height in each of `lights`, each detector finds: {name: {(crop, size, light)}}."""
-    from maskwatch.agent.bench.near import compose, jolignier_crops
-
-    crops = [c for c in jolignier_crops(shared / "data" / "train", per_class)
-             if c.label == "with_mask"]
     found: dict[str, set] = {name: set() for name in detectors}
-    for i, crop in enumerate(crops):
-        for size in sizes:
-            for light in lights:
-                frame, truth = compose(crop, size, light, "centre")
-                for name, detector in detectors.items():
-                    if any(iou(f.box, truth) >= 0.3 for f in detector.detect(frame)):
-                        found[name].add((i, size, light))
+    for (i, size, light, _), frame, truth in near_frames(shared, per_class, sizes, lights,
+                                                         masked_only=True):
+        for name, detector in detectors.items():
+            if any(iou(f.box, truth) >= 0.3 for f in detector.detect(frame)):
+                found[name].add((i, size, light))
     return found
 
 
@@ -186,12 +196,10 @@ def test_a_face_found_inside_a_larger_face_is_a_part_of_it():
 def _boxes_on_no_face(shared, detector, sizes: tuple, lights: tuple) -> int:
     """Boxes overlapping no face (IoU < 0.3) on real crops (jolignier, 60 a class) at
     `sizes` of the frame's height in `lights`, centred and cut by the frame's edge."""
-    from maskwatch.agent.bench.near import PLACEMENTS, compose, jolignier_crops
+    from maskwatch.agent.bench.near import PLACEMENTS
 
-    crops = jolignier_crops(shared / "data" / "train", 60)
     return sum(iou(f.box, truth) < 0.3
-               for crop in crops for size in sizes for light in lights for place in PLACEMENTS
-               for frame, truth in [compose(crop, size, light, place)]
+               for _, frame, truth in near_frames(shared, 60, sizes, lights, PLACEMENTS)
                for f in detector.detect(frame))
 
 
