@@ -12,6 +12,7 @@ import threading
 import cv2
 import pytest
 
+from maskwatch.agent.bench.measure import scene_at
 from maskwatch.agent.config import DetectConfig
 from maskwatch.agent.errors import ModelError
 from maskwatch.agent.people.track import iou
@@ -99,10 +100,7 @@ def test_a_second_look_finds_masked_faces_scored_just_under_the_threshold(state_
     one_scale = create_detector(DetectConfig(second_look=True, coarse_side=0), model)
     not_looking = create_detector(DetectConfig(second_look=False), model)
     for name, truth in DOUBTFUL_MASKED.items():
-        image = cv2.imread(str(dev_set / "images" / name))
-        scale = 640 / max(image.shape[:2])
-        image = cv2.resize(image, None, fx=scale, fy=scale,  # as bench-detect scales it
-                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        image, _ = scene_at(cv2.imread(str(dev_set / "images" / name)), 640)
         assert not any(iou(f.box, truth) >= 0.3 for f in not_looking.detect(image)), name
         for detector in (looking, one_scale):
             assert any(iou(f.box, truth) >= 0.3 for f in detector.detect(image)), name

@@ -399,6 +399,14 @@ def print_pipeline_table(video: str, threads: int, realtime_fps: float, results:
 
 
 # --- detectors ----------------------------------------------------------------------------
+def scene_at(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    """A dev scene scaled to `long_side` as `bench-detect` measures it, and the scale (its
+    annotated boxes scale by it too)."""
+    scale = long_side / max(image.shape[:2])
+    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA
+                      if scale < 1 else cv2.INTER_LINEAR), scale
+
+
 def bench_detectors(cfg: Config, voc: Path, detectors: list[str], out: str,
                     min_face: int = 40, limit: int = 0, long_side: int = 640) -> int:
     """Recall (IoU >= 0.3) on annotated faces >= min_face px at a 640 px frame, ms per
@@ -419,10 +427,7 @@ def bench_detectors(cfg: Config, voc: Path, detectors: list[str], out: str,
         found = {MASK: [0, 0], NO_MASK: [0, 0]}
         times, false_pos = [], 0
         for image_path, faces in progress(items, f"{name}"):
-            image = cv2.imread(str(image_path))
-            scale = long_side / max(image.shape[:2])
-            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA
-                               if scale < 1 else cv2.INTER_LINEAR)
+            image, scale = scene_at(cv2.imread(str(image_path)), long_side)
             t0 = time.perf_counter()
             boxes = [f.box for f in detector.detect(image)]
             times.append(time.perf_counter() - t0)

@@ -110,11 +110,17 @@ def _grow(start: int, size: int, factor: float, limit: int) -> tuple[int, int]:
     return begin, begin + grown
 
 
+def detection_factor(frame: np.ndarray, max_side: int) -> float:
+    """Detector pixels per frame pixel when the frame's long side is scaled to max_side
+    (never enlarged; 0: as it is)."""
+    return min(1.0, max_side / float(max(frame.shape[:2]))) if max_side > 0 else 1.0
+
+
 def view_of(frame: np.ndarray, region: Box | None, max_side: int) -> View:
     """The part of `frame` to search (all of it when region is None), scaled as the whole
     frame is for detection (its long side to max_side)."""
     h, w = frame.shape[:2]
-    factor = min(1.0, max_side / float(max(h, w))) if max_side > 0 else 1.0
+    factor = detection_factor(frame, max_side)
     x0, y0, x1, y1 = 0, 0, w, h
     if region is not None:
         (x0, x1), (y0, y1) = (_grow(region[0], region[2], factor, w),
@@ -275,7 +281,7 @@ class YuNetDetector(Thresholded):
         finds (`LOOK_FACE_SIDES`), of those that are none of `faces` (found by either
         search): where the coarse search found a near face, a doubtful fine box on it is
         most often a part of it (an ear, an eye and a brow)."""
-        factor = min(1.0, self.max_side / max(frame_bgr.shape[:2]))
+        factor = detection_factor(frame_bgr, self.max_side)
         doubtful = [f for f in seen if LOOK_FROM <= f.score < self.score_threshold
                     and f.box[3] * factor >= LOOK_MIN_PX
                     and not any(same_face(f.box, kept.box) for kept in faces)]
