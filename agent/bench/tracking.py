@@ -172,8 +172,9 @@ def poster_behind_walkers(m: list[np.ndarray], n: list[np.ndarray]) -> list[Acto
 
 
 # A real photo of masks in a hand: a dev scene's top-right panel, a packet of black masks
-# with a mask on it printed, one held beside it. YuNet finds a face on the printed mask now
-# and then (scores 0.51-0.69, landmarks where a face's would be).
+# printed with two mannequin heads wearing one, one mask held folded beside it. YuNet finds
+# a face on a printed head now and then (scores 0.51-0.69, landmarks where a face's would
+# be), never on the folded mask.
 MASK_IN_HAND = ("maksssksksss393.jpg", (228, 0, 172, 200))  # file, (x, y, w, h)
 HAND_SIDES = (240, 300, 380)  # the panel's width in the frame: held near the camera
 HAND_PATHS = ((0.5, 0.2), (-0.5, 0.3), (0.3, -0.2))  # pixels per frame: a hand's drift
