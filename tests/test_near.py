@@ -28,6 +28,16 @@ def test_coarse_faces_join_only_where_no_fine_face_is():
     assert [f.box for f in joined] == [(100, 100, 40, 40), (300, 60, 200, 220)]
 
 
+def test_a_coarse_face_joins_where_the_fine_search_found_only_a_part_of_it():
+    from maskwatch.agent.vision.detect import without_nested
+
+    half = Face((364, 8, 231, 292), 0.65)  # the fine search: half of a face filling the frame
+    whole = Face((48, 0, 526, 460), 0.89)  # the coarse search: that face
+    assert without_nested(join_scales([half], [whole])) == [whole]
+    surer = Face((364, 8, 231, 292), 0.95)  # scored higher than the coarse face: kept
+    assert without_nested(join_scales([surer], [whole])) == [surer]
+
+
 def near_frames(shared, per_class: int, sizes: tuple, lights: tuple,
                 placements: tuple = ("centre",), masked_only: bool = False):
     """`bench-near`'s frames of real crops (jolignier, `per_class` a class): each crop at
@@ -67,6 +77,21 @@ def test_near_masked_faces_are_found_more_with_the_coarse_search(shared):
     assert found["one"] <= found["two"] and len(found["two"]) > len(found["one"])
     print(f"\nnear masked (70 and 90 %): one scale {len(found['one'])}, two scales "
           f"{len(found['two'])}")
+
+
+def test_faces_filling_the_frame_are_found_whole_where_the_fine_search_saw_a_part(
+        shared, monkeypatch):
+    """Real masked crops (jolignier) at 90 % of the frame's height: with the coarse
+    search's whole face taking the place of a fine part of it, more are found, and every
+    face found without that is still found."""
+    from maskwatch.agent.vision import detect
+
+    settings = load(None, []).detect
+    whole = masked_found(shared, 60, {"d": detector_from(settings)}, (0.9,), ("normal",))["d"]
+    monkeypatch.setattr(detect, "part_of", lambda part, face: False)
+    parts = masked_found(shared, 60, {"d": detector_from(settings)}, (0.9,), ("normal",))["d"]
+    assert parts <= whole and len(whole) > len(parts)
+    print(f"\nmasked faces at 90 %: {len(parts)} with the fine part kept, {len(whole)} whole")
 
 
 def test_a_lower_coarse_threshold_finds_more_near_masked_faces(shared):
