@@ -94,15 +94,38 @@ def test_faces_filling_the_frame_are_found_whole_where_the_fine_search_saw_a_par
     print(f"\nmasked faces at 90 %: {len(parts)} with the fine part kept, {len(whole)} whole")
 
 
+def test_a_large_doubtful_face_is_looked_at_large():
+    from maskwatch.agent.vision.detect import LARGE_LOOK_SIDES, LOOK_FACE_SIDES, look_sides
+
+    assert look_sides(60) == LOOK_FACE_SIDES  # a far face: 48, 64 and 96 px
+    assert look_sides(400) == LARGE_LOOK_SIDES  # a face filling the frame: never shrunk to 48
+    assert min(LARGE_LOOK_SIDES) > min(LOOK_FACE_SIDES)
+
+
+def test_near_masked_faces_are_found_more_when_looked_at_large(shared, monkeypatch):
+    """Real masked crops (jolignier) at 70 and 90 % of the frame's height, which the fine
+    search scores just under the threshold: looked at with the face at 96 and 128 px, more
+    are found than at 48, 64 and 96 px, and none is lost."""
+    from maskwatch.agent.vision import detect
+
+    settings = load(None, []).detect
+    large = masked_found(shared, 60, {"d": detector_from(settings)}, (0.7, 0.9), ("normal",))["d"]
+    monkeypatch.setattr(detect, "LARGE_LOOK_PX", float("inf"))
+    small = masked_found(shared, 60, {"d": detector_from(settings)}, (0.7, 0.9), ("normal",))["d"]
+    assert small <= large and len(large) > len(small)
+    print(f"\nmasked at 70 and 90 %: {len(small)} looked at small, {len(large)} at large sizes")
+
+
 def test_a_lower_coarse_threshold_finds_more_near_masked_faces(shared):
     """`detect.coarse_score_threshold` below score_threshold: real masked crops at 50-90 %
-    of the frame's height, as photographed and backlit, are found at least as often, and
-    some only then (the coarse search scores a near masked face 0.4-0.5)."""
+    of the frame's height, as photographed, backlit and dark, are found at least as often,
+    and some only then (the coarse search scores a near masked face 0.4-0.5; as
+    photographed and backlit, the second look now finds those of these crops too)."""
     settings = load(None, []).detect
     detectors = {"same": detector_from(settings),
                  "lower": detector_from(dataclasses.replace(settings,
                                                             coarse_score_threshold=0.4))}
-    found = masked_found(shared, 30, detectors, (0.5, 0.7, 0.9), ("normal", "backlit"))
+    found = masked_found(shared, 30, detectors, (0.5, 0.7, 0.9), ("normal", "backlit", "dark"))
     assert found["same"] <= found["lower"] and len(found["lower"]) > len(found["same"])
 
 

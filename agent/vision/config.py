@@ -56,7 +56,8 @@ class DetectConfig:
     second_look: bool = setting(True, "bool", "yunet: a face the max_side search scores "
                                 "from 0.3 up to score_threshold (30 px or more at that scale) "
                                 "is searched again in a window around it, the face at 48, 64 "
-                                "and 96 px, and counts where each of the three finds it")
+                                "and 96 px (96 and 128 px where it is 150 px or more), and "
+                                "counts where each of those sizes finds it")
     min_face: int = setting(20, "int", "ignore faces smaller than this (pixels)", low=4,
                             high=4096)
     score_threshold: float = setting(0.5, "float", "minimum detector confidence", low=0.0,
