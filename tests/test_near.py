@@ -67,6 +67,19 @@ def masked_found(shared, per_class: int, detectors: dict, sizes: tuple,
     return found
 
 
+def found_with_a_rule_off(shared, monkeypatch, module, name: str, off, per_class: int,
+                          sizes: tuple, lights: tuple) -> tuple[set, set]:
+    """Which real masked crops the default detector finds (`masked_found`), and which it
+    finds with one rule switched off (`module.name` set to `off`): (with, without)."""
+    settings = load(None, []).detect
+    with_rule = masked_found(shared, per_class, {"d": detector_from(settings)}, sizes,
+                             lights)["d"]
+    monkeypatch.setattr(module, name, off)
+    without = masked_found(shared, per_class, {"d": detector_from(settings)}, sizes,
+                           lights)["d"]
+    return with_rule, without
+
+
 def test_near_masked_faces_are_found_more_with_the_coarse_search(shared):
     """Real masked crops (jolignier) placed at 70 and 90 % of a 640x480 frame's height:
     the two-scale detector finds more of them than the 480 px search alone, and every
@@ -86,10 +99,8 @@ def test_faces_filling_the_frame_are_found_whole_where_the_fine_search_saw_a_par
     face found without that is still found."""
     from maskwatch.agent.vision import detect
 
-    settings = load(None, []).detect
-    whole = masked_found(shared, 60, {"d": detector_from(settings)}, (0.9,), ("normal",))["d"]
-    monkeypatch.setattr(detect, "part_of", lambda part, face: False)
-    parts = masked_found(shared, 60, {"d": detector_from(settings)}, (0.9,), ("normal",))["d"]
+    whole, parts = found_with_a_rule_off(shared, monkeypatch, detect, "part_of",
+                                         lambda part, face: False, 60, (0.9,), ("normal",))
     assert parts <= whole and len(whole) > len(parts)
     print(f"\nmasked faces at 90 %: {len(parts)} with the fine part kept, {len(whole)} whole")
 
@@ -108,10 +119,8 @@ def test_near_masked_faces_are_found_more_when_looked_at_large(shared, monkeypat
     are found than at 48, 64 and 96 px, and none is lost."""
     from maskwatch.agent.vision import detect
 
-    settings = load(None, []).detect
-    large = masked_found(shared, 60, {"d": detector_from(settings)}, (0.7, 0.9), ("normal",))["d"]
-    monkeypatch.setattr(detect, "LARGE_LOOK_PX", float("inf"))
-    small = masked_found(shared, 60, {"d": detector_from(settings)}, (0.7, 0.9), ("normal",))["d"]
+    large, small = found_with_a_rule_off(shared, monkeypatch, detect, "LARGE_LOOK_PX",
+                                         float("inf"), 60, (0.7, 0.9), ("normal",))
     assert small <= large and len(large) > len(small)
     print(f"\nmasked at 70 and 90 %: {len(small)} looked at small, {len(large)} at large sizes")
 
@@ -257,12 +266,8 @@ def test_backlit_masked_faces_are_found_more_when_exposed_for(shared, monkeypatc
     more than contrast equalisation alone (a gain capped at 1)."""
     from maskwatch.agent.vision import contrast
 
-    settings = load(None, []).detect
-    exposed = masked_found(shared, 40, {"d": detector_from(settings)}, (0.5, 0.7, 0.9),
-                           ("backlit",))["d"]
-    monkeypatch.setattr(contrast, "MAX_GAIN", 1.0)
-    equalised_only = masked_found(shared, 40, {"d": detector_from(settings)},
-                                  (0.5, 0.7, 0.9), ("backlit",))["d"]
+    exposed, equalised_only = found_with_a_rule_off(shared, monkeypatch, contrast, "MAX_GAIN",
+                                                    1.0, 40, (0.5, 0.7, 0.9), ("backlit",))
     assert len(exposed) > len(equalised_only)
     print(f"\nbacklit masked found: equalised only {len(equalised_only)}, exposed for "
           f"{len(exposed)}, {len(equalised_only - exposed)} of them lost")
