@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from maskwatch.agent.bench.near import at_any_size
 from maskwatch.agent.config import DetectConfig, load
 from maskwatch.agent.errors import ModelError
 from maskwatch.agent.factory import detector_from
@@ -162,6 +163,23 @@ def test_bench_near_prints_found_rates_by_size_light_and_placement(shared, tmp_p
     assert report["frames"] == 6 * 4 * 3 * 2  # faces x sizes x lights x placements
     assert set(report["by_light"]["with_mask"]) == {"normal", "dark", "backlit"}
     assert "found, centred" in result.stdout
+    for label, by_size in report["by_size"].items():  # the same centred faces, any size
+        assert report["at_any_size"][label]["normal"] >= max(by_size.values())
+    assert "found at one size or more" in result.stdout
+
+
+def test_a_face_found_at_one_size_counts_once_for_a_person_walking_up():
+    """Face 0 is found at 50 % only, face 1 at no size (found only cut by the edge, which
+    does not count: a walk is centred), face 2 at two sizes: two of three faces."""
+    def case(face, size, found, placement="centre"):
+        return {"face": face, "label": "with_mask", "light": "normal", "size": size,
+                "placement": placement, "found": found}
+
+    cases = [case(0, 0.3, False), case(0, 0.5, True), case(1, 0.3, False),
+             case(1, 0.5, False), case(1, 0.5, True, placement="edge"),
+             case(2, 0.3, True), case(2, 0.5, True)]
+    assert at_any_size(cases, "with_mask", "normal") == round(2 / 3, 4)
+    assert at_any_size(cases, "with_mask", "dark") is None
 
 
 def test_a_detector_model_that_does_not_fit_is_one_line_never_a_swap(state_dir, dev_set):
