@@ -13,6 +13,7 @@ import pytest
 from maskwatch.agent.errors import ModelError
 from maskwatch.agent.vision.classify import DEFAULT_BUNDLE, Classifier, read_bundle
 from maskwatch.agent.vision.decision import MASK, NO_MASK
+from maskwatch.agent.vision.tflite import runtime_fits_numpy
 from maskwatch.agent.vision.voc import read_voc
 
 from .conftest import agent_command
@@ -84,6 +85,16 @@ def test_replaced_model_file_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="does not match model.json"):
         Classifier(bundle)
+
+
+def test_tflite_runtime_is_refused_with_numpy_2_and_litert_is_not():
+    """Below Python 3.10 the runtime is tflite-runtime 2.14, built against NumPy 1.x: with
+    NumPy 2 its Interpreter fails with a SystemError (seen on 3.9 with NumPy 2.0.2), so
+    the check comes first; pyproject.toml pins NumPy 1.x there."""
+    assert runtime_fits_numpy("tflite_runtime.interpreter", "1.26.4")
+    assert not runtime_fits_numpy("tflite_runtime.interpreter", "2.0.2")
+    assert runtime_fits_numpy("ai_edge_litert.interpreter", "2.0.2")
+    assert runtime_fits_numpy("tensorflow.lite", "2.1.0")
 
 
 def test_corrupt_model_with_matching_checksum_is_a_clear_error(tmp_path):

@@ -3,6 +3,8 @@
 LiteRT (`ai-edge-litert`) is the maintained successor of `tflite-runtime` with the same
 `Interpreter` API; tflite-runtime 2.14 is the last release and breaks with numpy 2, so
 LiteRT is tried first. TensorFlow's own interpreter is the last resort (workstation only).
+LiteRT has no wheel below Python 3.10, where the package installs tflite-runtime with
+NumPy 1.x (pyproject.toml); with NumPy 2 there, loading a model is a one-line error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from ..errors import ModelError
 RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 
 
+# built against NumPy 1.x: with NumPy 2 its Interpreter raises "SystemError: ... returned a
+# result with an error set" after printing "A module that was compiled using NumPy 1.x"
+NUMPY_1_ONLY = frozenset({"tflite_runtime.interpreter"})
+
+
 def interpreter_class() -> tuple[str, Any]:
     """(module name, Interpreter class) of the first runtime that imports."""
     for name in RUNTIMES:
@@ -27,8 +34,18 @@ def interpreter_class() -> tuple[str, Any]:
             module = importlib.import_module(name)
         except ImportError:
             continue
+        numpy_version = importlib.import_module("numpy").__version__
+        if not runtime_fits_numpy(name, numpy_version):
+            raise ModelError(f"tflite-runtime was built for NumPy 1.x and cannot run with "
+                             f"NumPy {numpy_version}: pip install 'numpy<2' (or use "
+                             "Python 3.10+, where ai-edge-litert is installed)")
         return name, module.Interpreter
     raise ModelError("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)")
+
+
+def runtime_fits_numpy(runtime: str, numpy_version: str) -> bool:
+    """Can this runtime module run with this NumPy version?"""
+    return runtime not in NUMPY_1_ONLY or int(numpy_version.split(".")[0]) < 2
 
 
 @contextlib.contextmanager
