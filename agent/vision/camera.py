@@ -282,6 +282,8 @@ def quiet_opencv() -> None:
     logging_module = getattr(getattr(cv2, "utils", None), "logging", None)
     if logging_module is not None:
         logging_module.setLogLevel(logging_module.LOG_LEVEL_SILENT)
+    elif hasattr(cv2, "setLogLevel"):  # older OpenCV (4.11: Python 3.9, with NumPy 1)
+        cv2.setLogLevel(0)  # LOG_LEVEL_SILENT
 
 
 class Reopener:
