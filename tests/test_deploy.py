@@ -146,5 +146,6 @@ def test_ci_runs_the_readme_commands():
                         if line.startswith("sh -c 'S=") and "pytest -ra" in line)
     assert test_command in ci.splitlines()
     assert "deploy/arm64-check.sh" in ci and "deploy/container-check.sh" in ci
+    assert "deploy/python-versions-check.sh" in ci  # 3.9 and 3.13 beside 3.11
     assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/mask-agent demo" \
         in readme  # the first command: works with no camera, broker or ../shared
