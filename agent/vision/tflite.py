@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelError
 
 RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
@@ -34,10 +36,9 @@ def interpreter_class() -> tuple[str, Any]:
             module = importlib.import_module(name)
         except ImportError:
             continue
-        numpy_version = importlib.import_module("numpy").__version__
-        if not runtime_fits_numpy(name, numpy_version):
+        if not runtime_fits_numpy(name, np.__version__):
             raise ModelError(f"tflite-runtime was built for NumPy 1.x and cannot run with "
-                             f"NumPy {numpy_version}: pip install 'numpy<2' (or use "
+                             f"NumPy {np.__version__}: pip install 'numpy<2' (or use "
                              "Python 3.10+, where ai-edge-litert is installed)")
         return name, module.Interpreter
     raise ModelError("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)")
