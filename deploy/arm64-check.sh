@@ -13,6 +13,7 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+. "$SRC/deploy/checkout.sh"
 SHARED=${MASKWATCH_SHARED:-$SRC/../shared}
 IMAGES=30
 KEEP=0
@@ -59,8 +60,10 @@ update-binfmts --enable qemu-aarch64 2>/dev/null || true
   echo "arm64-check: qemu-aarch64 is not registered with binfmt_misc" >&2; exit 69; }
 
 step "wheel of the device package (built here)"
+checkout_dir "$SRC/.cache"
 rm -rf "$WORK" && mkdir -p "$WORK/wheel" "$WORK/images"
-"$PY" -m pip wheel -q --no-deps -w "$WORK/wheel" "$SRC"
+build_copy "$WORK/source"
+"$PY" -m pip wheel -q --no-deps -w "$WORK/wheel" "$WORK/source"
 # awk, not head: head exits after N lines, and under pipefail the SIGPIPE it leaves sort
 # (once the listing outgrows the pipe's buffer, as with a long $SHARED path) fails the script
 find "$SHARED/data/dev/andrewmvd/images" -type f | sort | awk -v n="$IMAGES" 'NR <= n' |

@@ -15,6 +15,7 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+. "$SRC/deploy/checkout.sh"
 BASE=localhost/maskwatch-base:bookworm
 IMAGE=localhost/maskwatch:check
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -50,6 +51,7 @@ if ! command -v buildah >/dev/null || ! command -v podman >/dev/null || \
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman debootstrap \
     mosquitto mosquitto-clients >/dev/null || { echo "container-check: apt failed" >&2; exit 69; }
 fi
+checkout_dir "$SRC/.cache"
 rm -rf "$WORK" && mkdir -p "$WORK"
 
 if ! podman image exists "$BASE"; then
@@ -73,9 +75,10 @@ base_bytes=$(podman image inspect --format '{{.Size}}' "$BASE")
 image_bytes=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 added_mb=$(( (image_bytes - base_bytes) / 1000000 ))
 step "image: $(( image_bytes / 1000000 )) MB, of which $added_mb MB above its base"
-mkdir -p "$SRC/bench"
+checkout_dir "$SRC/bench"
 printf '{"base_mb": %d, "image_mb": %d, "added_mb": %d}\n' "$(( base_bytes / 1000000 ))" \
   "$(( image_bytes / 1000000 ))" "$added_mb" > "$SRC/bench/container.json"
+owned_like_checkout "$SRC/bench/container.json"
 
 container() {  # a fresh working container of the image; its name on stdout
   local c

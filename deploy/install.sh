@@ -9,6 +9,7 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+. "$SRC/deploy/checkout.sh"
 ROOT=""
 APT=1
 SYSTEMCTL=1
@@ -76,7 +77,11 @@ echo "== virtualenv $VENV"
 mkdir -p "$OPT"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q "$SRC[systemd]"
+# built from a copy: pip's in-tree build would leave root-owned files in the checkout
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+build_copy "$BUILD/maskwatch"
+"$VENV/bin/pip" install -q "$BUILD/maskwatch[systemd]"
 
 echo "== config $ETC/config.yaml"
 mkdir -p "$ETC"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -42,18 +44,62 @@ def test_unit_has_the_required_settings():
     assert "time-sync.target" not in " ".join(s.get("Wants", []) + s.get("Requires", []))
 
 
+# what a clone holds beside its tracked files once used: none of it is the installer's input
+MADE_IN_A_CLONE = {".git", ".venv", ".cache", "build", "bench", "test-artifacts"}
+MADE_ANYWHERE = shutil.ignore_patterns("__pycache__", "*.egg-info", ".*_cache")
+
+
+def not_the_source(folder: str, names: list[str]) -> set[str]:
+    top = set(names) & MADE_IN_A_CLONE if Path(folder) == ROOT else set()
+    return top | MADE_ANYWHERE(folder, names)
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory, shared):
+    """The installer run from a fresh copy of the checkout into a temporary root."""
+    checkout = tmp_path_factory.mktemp("checkout") / "maskwatch"
+    shutil.copytree(ROOT, checkout, ignore=not_the_source)
+    before = files_under(checkout)
     root = tmp_path_factory.mktemp("root")
-    cmd = ["bash", str(ROOT / "deploy" / "install.sh"), "--root", str(root), "--no-apt",
+    cmd = ["bash", str(checkout / "deploy" / "install.sh"), "--root", str(root), "--no-apt",
            "--no-systemctl", "--models-from", str(shared / "models")]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
-    return root, cmd
+    return root, cmd, checkout, before
+
+
+def test_installer_leaves_the_checkout_as_it_was(installed):
+    """`sudo deploy/install.sh` from a user's clone: pip's in-tree build left a root-owned
+    maskwatch.egg-info/ and build/ there, and the user's own `pip install -e .` then
+    failed ("Cannot update time stamp of directory 'maskwatch.egg-info'")."""
+    *_, checkout, before = installed
+    assert files_under(checkout) == before
+
+
+def test_root_scripts_give_what_they_make_to_the_checkouts_owner(tmp_path):
+    """deploy/checkout.sh, sourced by the scripts run with sudo: a .cache/ or bench/ they
+    make in a user's checkout is the user's (Home Assistant's test installs into .cache/,
+    the benches write bench/), and a wheel is built from a copy of the sources."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand a folder to another user")
+    checkout, copy = tmp_path / "checkout", tmp_path / "copy"
+    checkout.mkdir()
+    os.chown(checkout, 4321, 4321)
+    script = (f'SRC={ROOT}; . deploy/checkout.sh; build_copy {copy}; '
+              f'SRC={checkout}; checkout_dir "$SRC/.cache"; checkout_dir "$SRC/bench"')
+    subprocess.run(["bash", "-c", script], cwd=ROOT, check=True, timeout=60)
+    for made in (checkout / ".cache", checkout / "bench"):
+        assert (made.stat().st_uid, made.stat().st_gid) == (4321, 4321), made
+    assert (copy / "pyproject.toml").is_file() and (copy / "agent" / "cli.py").is_file()
+    assert not list(copy.rglob("__pycache__")) and not (copy / "tests").exists()
 
 
 def test_installer_lays_down_a_working_install(installed):
-    root, _ = installed
+    root, *_ = installed
     venv = root / "opt" / "maskwatch" / "venv"
     agent = venv / "bin" / "mask-agent"
     config = root / "etc" / "maskwatch" / "config.yaml"
@@ -91,7 +137,7 @@ def test_installer_lays_down_a_working_install(installed):
 
 
 def test_installer_is_idempotent_and_keeps_config(installed):
-    root, cmd = installed
+    root, cmd, *_ = installed
     config = root / "etc" / "maskwatch" / "config.yaml"
     config.write_text(config.read_text() + "\n# operator edit\n")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -101,7 +147,7 @@ def test_installer_is_idempotent_and_keeps_config(installed):
 
 
 def test_uninstall_then_purge(installed, tmp_path):
-    root, cmd = installed
+    root, cmd, *_ = installed
     copy = tmp_path / "r"
     shutil.copytree(root, copy, symlinks=True)
     base = ["bash", str(ROOT / "deploy" / "install.sh"), "--root", str(copy), "--no-systemctl"]

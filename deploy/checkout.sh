@@ -1,0 +1,26 @@
+# Sourced (not run) by the deploy scripts that run as root from a user's checkout
+# (`sudo deploy/install.sh`, `sudo deploy/arm64-check.sh`, `sudo deploy/container-check.sh`).
+# Whatever they leave in the checkout must stay the user's: pip's in-tree build left a
+# root-owned maskwatch.egg-info/ and build/ there, after which the user's own
+# `pip install -e .` failed ("Cannot update time stamp of directory 'maskwatch.egg-info'"),
+# and a root-owned .cache/ or bench/ stops the tests (Home Assistant installs into .cache/)
+# and the benches (they write bench/*.json). Needs SRC, the checkout's root.
+
+# build_copy DIR: the files a wheel is built from (the ones deploy/Dockerfile copies), in
+# DIR, so that pip builds there and writes nothing into the checkout.
+build_copy() {
+  mkdir -p "$1"
+  (cd "$SRC" && tar --exclude=__pycache__ -cf - pyproject.toml README.md config.yaml agent convert) |
+    tar -C "$1" -xf -
+}
+
+# owned_like_checkout PATH...: given to the checkout's owner (and group).
+owned_like_checkout() {
+  chown "$(stat -c %u:%g "$SRC")" "$@"
+}
+
+# checkout_dir DIR: DIR (inside the checkout) made if missing, owned like the checkout.
+checkout_dir() {
+  mkdir -p "$1"
+  owned_like_checkout "$1"
+}
