@@ -73,8 +73,10 @@ def need(path: Path, what: str) -> Path:
 
 
 def need_tool(name: str, why: str) -> str:
-    """A command on PATH, or fail (CI) / skip (elsewhere) naming what installs it."""
-    found = shutil.which(name)
+    """A command on PATH or in /usr/sbin, /sbin (where Debian puts mosquitto, nats-server
+    and rabbitmq-server, and which a user's PATH lacks: the suite run by a user with sudo
+    said they were not installed), or fail (CI) / skip (elsewhere) naming what installs it."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if not found:
         missing(f"{name} is not installed ({why})")
     return found
@@ -140,11 +142,7 @@ def http_request(target: str, data: bytes | None = None, headers: dict | None = 
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if found is None:
-        missing("mosquitto is not installed (apt-get install mosquitto)")
-    return found
+    return need_tool("mosquitto", "apt-get install mosquitto")
 
 
 class Broker:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -59,16 +60,19 @@ def first_seen(values: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def small_filesystem(path: Path, kib: int):
-    """A real tmpfs of `kib` KiB (root), else skip (fail in CI)."""
+    """A real tmpfs of `kib` KiB, owned by this user: mounted as root, or by a user with sudo
+    through `sudo -n` (never a password prompt), else skip (fail in CI)."""
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs",
+    as_root = [] if os.geteuid() == 0 or not shutil.which("sudo") else ["sudo", "-n"]
+    options = f"size={kib}k,uid={os.getuid()},gid={os.getgid()},mode=0700"
+    mounted = subprocess.run([*as_root, "mount", "-t", "tmpfs", "-o", options, "tmpfs",
                               str(path)], capture_output=True, text=True)
     if mounted.returncode != 0:
-        missing(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
+        missing(f"cannot mount a small tmpfs (needs root or sudo): {mounted.stderr.strip()}")
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        subprocess.run([*as_root, "umount", "-l", str(path)], capture_output=True)
 
 
 def fill(path: Path, leave: int = 0) -> Path:
