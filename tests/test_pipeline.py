@@ -103,3 +103,42 @@ def test_unopenable_sources(tmp_path):
         open_source(str(not_video), SourceConfig())
     with pytest.raises(SourceError, match="camera /dev/video99 does not exist; "):
         open_source("/dev/video99", SourceConfig())
+    with pytest.raises(SourceError, match=r"camera 99 \(/dev/video99\) does not exist; "):
+        open_source("99", SourceConfig())
+
+
+def test_a_camera_this_user_may_not_open_is_said_so():
+    """Not in the `video` group (a user logged in over SSH): the device is there but closed
+    to this process. Root may open anything, so as root the check runs in a child that has
+    become `nobody` (uid 65534); a user meets a device it has no rights on itself."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from maskwatch.agent.errors import SourceError
+    from maskwatch.agent.vision.camera import check_camera_allowed
+
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)  # nobody may look in, not open the device
+        device = Path(folder) / "video0"
+        device.touch()
+        device.chmod(0)
+        if os.geteuid() != 0:
+            with pytest.raises(SourceError, match="permission denied on .*'video' group"):
+                check_camera_allowed(str(device))
+            return
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's result is its exit status
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                check_camera_allowed(str(device))
+                os._exit(1)
+            except SourceError as error:
+                os._exit(0 if "'video' group" in str(error) else 2)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0

@@ -16,6 +16,7 @@ import errno
 import glob
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -55,6 +56,31 @@ def camera_hint() -> str:
     if not devices:
         return "no camera here: no /dev/video* device exists (try a video file: --source FILE)"
     return f"cameras here: {', '.join(devices)}"
+
+
+def camera_device(uri: str) -> str | None:
+    """The device file of a camera source ("0" is /dev/video0 under Linux's V4L2; elsewhere
+    an index names no file)."""
+    if uri.isdigit():
+        return f"/dev/video{uri}" if sys.platform.startswith("linux") else None
+    return uri
+
+
+def check_camera_allowed(uri: str) -> None:
+    """A camera that is not there, or that this process may not open, is said so: OpenCV
+    only reports that it could not open it, and "cannot open camera 0; cameras here:
+    /dev/video0" left a user who is not in the `video` group (logged in over SSH, say)
+    guessing."""
+    device = camera_device(uri)
+    if device is None:
+        return
+    if not os.path.exists(device):
+        named = uri if uri == device else f"{uri} ({device})"
+        raise SourceError(f"camera {named} does not exist; {camera_hint()}")
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise SourceError(f"cannot open camera {uri}: permission denied on {device} (add this "
+                          "user to the 'video' group: sudo usermod -aG video $USER, then log "
+                          "in again)")
 
 
 def _check_file_openable(path: str) -> None:
@@ -142,11 +168,11 @@ class LiveSource:
     def __init__(self, uri: str, width: int | None = None, height: int | None = None) -> None:
         self.description = hide_credentials(uri)
         if self._is_camera(uri):
-            if uri.startswith("/dev/") and not Path(uri).exists():
-                raise SourceError(f"camera {uri} does not exist; {camera_hint()}")
+            check_camera_allowed(uri)
             self._cap = cv2.VideoCapture(int(uri) if uri.isdigit() else uri)
             if not self._cap.isOpened():
-                raise SourceError(f"cannot open camera {uri}; {camera_hint()}")
+                raise SourceError(f"cannot open camera {uri} (not a capture device, or in use "
+                                  f"by another program?); {camera_hint()}")
         else:
             self._cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [
                 cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
