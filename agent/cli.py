@@ -3,7 +3,8 @@
 Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data (undecodable or too
 large image), 66 input or source not found, 69 broker or download unavailable,
 74 the state directory could not be written (events were kept in memory only),
-75 --until-eof ended with events undelivered (kept in the outbox), 78 invalid
+75 try again later: --until-eof ended with events undelivered (kept in the outbox), or
+another agent runs with this state directory, 78 invalid
 configuration or model (systemd does not restart on 78), 3 `adapt` found neither a head
 nor a detector threshold honestly better than the current ones (nothing changed).
 """
@@ -37,13 +38,15 @@ def load_config(args) -> Config:
 
 def cmd_run(args) -> int:
     from .service import Agent
+    from .statelock import StateDirLock
     from .systemd import setup_logging, stop_on_signals
 
     cfg = load_config(args)
     setup_logging(cfg.log_level)
-    agent = Agent(cfg)
-    stop_on_signals(agent.stop_event)
-    return agent.run(args.source, until_eof=args.until_eof)
+    with StateDirLock(cfg.state_dir or "."):  # one agent per state dir: before any work
+        agent = Agent(cfg)
+        stop_on_signals(agent.stop_event)
+        return agent.run(args.source, until_eof=args.until_eof)
 
 
 def cmd_demo(args) -> int:

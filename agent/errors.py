@@ -16,7 +16,8 @@ EXIT_DATA = 65  # an input image or payload could not be decoded
 EXIT_NOINPUT = 66  # an input file or camera source does not exist / cannot be opened
 EXIT_UNAVAILABLE = 69  # the MQTT broker could not be reached
 EXIT_IOERR = 74  # the state directory was unwritable at the end: events only in memory
-EXIT_TEMPFAIL = 75  # --until-eof ended with events not yet delivered (kept in the outbox)
+EXIT_TEMPFAIL = 75  # try again later: --until-eof ended with events not yet delivered (kept
+# in the outbox), or another agent runs with this state directory
 EXIT_NOPERM = 77  # --until-eof ended with events the broker refused (its ACL; kept)
 EXIT_CONFIG = 78  # invalid configuration or model file
 
@@ -61,6 +62,12 @@ class StateError(MaskwatchError):
     """The state directory (event outbox) cannot be written."""
 
     exit_code = EXIT_IOERR
+
+
+class BusyError(MaskwatchError):
+    """Another agent runs with this state directory."""
+
+    exit_code = EXIT_TEMPFAIL
 
 
 class BrokerError(MaskwatchError):

@@ -206,6 +206,32 @@ def run_agent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def test_a_second_agent_on_one_state_dir_exits_75_at_once_naming_the_first(broker, tmp_path):
+    """The service runs and the README's camera check starts a second agent by hand: one
+    outbox, one MQTT client id, two sessions knocking each other off the broker. The
+    second stops before any work; once the first is gone, it runs."""
+    common = ["--set", f"state_dir={tmp_path}", "--set", f"mqtt.port={broker.port}",
+              "--set", "mqtt.host=127.0.0.1"]
+    first = subprocess.Popen(agent_command("run", "--source", str(DEMO_CLIP), "--set",
+                                           "source.realtime=true", *common),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = tmp_path / "agent.lock"
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.05)
+        second = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof", *common)
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 75 and len(lines) == 1, second.stderr
+        assert f"another mask-agent (pid {first.pid}) runs with the state dir" in lines[0]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    again = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof", *common, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
 def test_until_eof_without_broker_exits_75_and_says_how_many(tmp_path):
     result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof",
                        "--set", f"state_dir={tmp_path}", "--set", f"mqtt.port={free_port()}",
