@@ -110,7 +110,10 @@ sed -e "s|/opt/maskwatch/venv|$VENV|g" -e "s|/etc/maskwatch/|$ETC/|g" \
   "$SRC/deploy/maskwatch.service" > "$UNIT"
 if [ "$SYSTEMCTL" = 1 ] && [ -z "$ROOT" ] && command -v systemctl >/dev/null; then
   systemctl daemon-reload
-  systemctl enable --now maskwatch.service
+  systemctl enable maskwatch.service
+  # restart, not `enable --now`: that leaves a running service as it was, so a rerun to
+  # upgrade went on running the old code until the next reboot
+  systemctl restart maskwatch.service
   echo "maskwatch is running: journalctl -u maskwatch -f"
 else
   echo "maskwatch installed under ${ROOT:-/} (service not started)"
