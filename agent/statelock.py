@@ -42,7 +42,7 @@ class StateDirLock:
             return
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "?"
             handle.close()
@@ -50,6 +50,10 @@ class StateDirLock:
                 f"another mask-agent (pid {holder}) runs with the state dir "
                 f"{self.path.parent}: stop it first (the service: sudo systemctl stop "
                 "maskwatch), or give this one another state_dir") from None
+        except OSError as exc:  # a file system without locks (some network mounts)
+            handle.close()
+            log.debug("state dir lock %s not taken: %s", self.path, exc)
+            return
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

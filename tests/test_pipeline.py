@@ -118,7 +118,7 @@ def test_a_camera_this_user_may_not_open_is_said_so():
     import pytest
 
     from maskwatch.agent.errors import SourceError
-    from maskwatch.agent.vision.camera import check_camera_allowed
+    from maskwatch.agent.vision.camera import check_camera_device
 
     with tempfile.TemporaryDirectory() as folder:
         os.chmod(folder, 0o755)  # nobody may look in, not open the device
@@ -127,14 +127,14 @@ def test_a_camera_this_user_may_not_open_is_said_so():
         device.chmod(0)
         if os.geteuid() != 0:
             with pytest.raises(SourceError, match="permission denied on .*'video' group"):
-                check_camera_allowed(str(device))
+                check_camera_device(str(device))
             return
         child = os.fork()
         if child == 0:  # pragma: no cover - the child's result is its exit status
             try:
                 os.setgid(65534)
                 os.setuid(65534)
-                check_camera_allowed(str(device))
+                check_camera_device(str(device))
                 os._exit(1)
             except SourceError as error:
                 os._exit(0 if "'video' group" in str(error) else 2)

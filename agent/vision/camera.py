@@ -66,7 +66,7 @@ def camera_device(uri: str) -> str | None:
     return uri
 
 
-def check_camera_allowed(uri: str) -> None:
+def check_camera_device(uri: str) -> None:
     """A camera that is not there, or that this process may not open, is said so: OpenCV
     only reports that it could not open it, and "cannot open camera 0; cameras here:
     /dev/video0" left a user who is not in the `video` group (logged in over SSH, say)
@@ -168,7 +168,7 @@ class LiveSource:
     def __init__(self, uri: str, width: int | None = None, height: int | None = None) -> None:
         self.description = hide_credentials(uri)
         if self._is_camera(uri):
-            check_camera_allowed(uri)
+            check_camera_device(uri)
             self._cap = cv2.VideoCapture(int(uri) if uri.isdigit() else uri)
             if not self._cap.isOpened():
                 raise SourceError(f"cannot open camera {uri} (not a capture device, or in use "
