@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Per-device certificates for a maskwatch fleet (deploy/mosquitto/fleet-certs.conf).
 #   deploy/provision-device.sh ca DIR               make a fleet CA in DIR (once; keep DIR safe)
-#   deploy/provision-device.sh issue DIR DEVICE_ID  a certificate for one device (CN = DEVICE_ID)
+#   deploy/provision-device.sh broker DIR NAME...   the broker's certificate, for the host names
+#                                                   and addresses the devices connect to
+#   deploy/provision-device.sh issue DIR DEVICE_ID  a certificate for one device (CN = DEVICE_ID;
+#                                                   also one for Home Assistant: homeassistant)
 #   deploy/provision-device.sh install DIR DEVICE_ID [ROOT]
 #                                                   copy it to ROOT/etc/maskwatch/tls (run on
 #                                                   the device, or with ROOT a mounted SD card)
@@ -9,7 +12,7 @@
 # publish only its own topics; set device_id to the same name in its config.yaml.
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 command -v openssl >/dev/null || { echo "provision-device: openssl is needed" >&2; exit 69; }
 cmd=$1 dir=$2
@@ -29,6 +32,24 @@ case "$cmd" in
       chmod 600 "$dir/ca.key"
     fi
     echo "CA: $dir/ca.crt (copy it to the broker's cafile; ca.key never leaves $dir)";;
+  broker)
+    [ $# -ge 3 ] || usage
+    [ -e "$dir/ca.key" ] || { echo "provision-device: no CA in $dir (run: $0 ca $dir)" >&2; exit 66; }
+    shift 2
+    san=""
+    for name in "$@"; do  # the names the devices' mqtt.host may hold: each one verified
+      if [[ $name =~ ^[0-9.]+$ || $name == *:* ]]; then san+="${san:+,}IP:$name"
+      elif [[ $name =~ ^[A-Za-z0-9.-]{1,253}$ ]]; then san+="${san:+,}DNS:$name"
+      else echo "provision-device: '$name' is neither a host name nor an address" >&2; exit 2; fi
+    done
+    out="$dir/broker"; mkdir -p "$out" && chmod 700 "$out"
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" > "$out/server.ext"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$1" -keyout "$out/server.key" \
+      -out "$out/server.csr" 2>/dev/null
+    openssl x509 -req -in "$out/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+      -CAcreateserial -days 825 -extfile "$out/server.ext" -out "$out/server.crt" 2>/dev/null
+    chmod 600 "$out/server.key"; rm -f "$out/server.csr" "$out/server.ext"
+    echo "broker ($san): copy $dir/ca.crt, $out/server.crt and $out/server.key to /etc/mosquitto/certs/ (server.key readable by the mosquitto user only)";;
   issue)
     [ $# -eq 3 ] || usage
     valid_id "$3"

@@ -145,6 +145,20 @@ def mosquitto_binary() -> str:
     return need_tool("mosquitto", "apt-get install mosquitto")
 
 
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    """Until a TCP connection to the loopback port is taken (or `proc` has exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the process serving port {port} exited") from None
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
 class Broker:
     """A real Mosquitto on a loopback port; stop() and start() simulate outages."""
 

@@ -11,7 +11,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 class Collector:
     def __init__(self, port: int, topic: str = "#", client_id: str = "test-collector",
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None,
+                 tls: dict[str, str] | None = None) -> None:
+        """`tls`: paho's tls_set arguments (ca_certs, certfile, keyfile)."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -24,6 +26,8 @@ class Collector:
         self.client.reconnect_delay_set(1, 1)
         if username:
             self.client.username_pw_set(username, password)
+        if tls:
+            self.client.tls_set(**tls)
         self.client.connect_async("127.0.0.1", port, 30)
         self.client.loop_start()
         if not self._subscribed.wait(10):

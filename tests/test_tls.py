@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import agent_command, free_port, need_tool
+from .conftest import ROOT, agent_command, free_port, need_tool, wait_for_port
 from .mqtt_helpers import Collector
 
 
@@ -49,7 +49,7 @@ def secure_broker(make_broker, pki, tmp_path):
     broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", ""))
     broker.start()
     broker.tls_port = tls
-    time.sleep(0.3)
+    wait_for_port(tls, broker.proc)
     return broker
 
 
@@ -109,3 +109,81 @@ def test_wrong_password_reported_with_backoff(secure_broker, demo_clip, tmp_path
     refusals = err.count("refused the credentials")
     assert 1 <= refusals <= 4, err  # backoff 1, 2, 4 s: no hot loop
     assert "wrong-pass" not in err
+
+
+PROVISION = ROOT / "deploy" / "provision-device.sh"
+FLEET_CERTS = ROOT / "deploy" / "mosquitto" / "fleet-certs.conf"
+FLEET_ACL = ROOT / "deploy" / "mosquitto" / "maskwatch.acl"
+
+
+def provision(*args: str) -> None:
+    done = subprocess.run(["bash", str(PROVISION), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def fleet_cert_broker(make_broker, tmp_path):
+    """deploy/mosquitto/fleet-certs.conf and maskwatch.acl as shipped (only their paths moved
+    here, the listener on a free loopback port), with every certificate made by
+    deploy/provision-device.sh: the CA, the broker's, a device's (installed as on its SD
+    card) and Home Assistant's. Returns the broker, the CA folder and the SD card's root."""
+    need_tool("openssl", "apt-get install openssl")
+    pki, card = tmp_path / "pki", tmp_path / "sd"
+    provision("ca", str(pki))
+    provision("broker", str(pki), "127.0.0.1", "localhost")
+    for who in ("front-door", "homeassistant"):
+        provision("issue", str(pki), who)
+    provision("install", str(pki), "front-door", str(card))
+    tls = free_port()
+    conf = FLEET_CERTS.read_text()
+    for shipped, here in {"/etc/mosquitto/maskwatch.acl": str(FLEET_ACL),
+                          "/var/lib/mosquitto/": f"{tmp_path}/",
+                          "/etc/mosquitto/certs/ca.crt": f"{pki}/ca.crt",
+                          "/etc/mosquitto/certs/server.": f"{pki}/broker/server.",
+                          "listener 8884\n": f"listener {tls} 127.0.0.1\n"}.items():
+        assert shipped in conf, shipped
+        conf = conf.replace(shipped, here)
+    broker = make_broker(conf)
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", ""))
+    broker.start()
+    broker.tls_port = tls
+    wait_for_port(tls, broker.proc)
+    return broker, pki, card
+
+
+def test_fleet_certificates_carry_events_and_hold_each_device_to_its_name(
+        fleet_cert_broker, demo_clip, tmp_path):
+    """A fleet on per-device certificates, as the README's fleet table sets it up: the
+    device runs on the settings provision-device.sh installed, Home Assistant reads with
+    its own certificate, and the certificate's name is the only device it may publish as
+    (the same certificate under another device_id is refused: exit 77, events kept)."""
+    broker, pki, card = fleet_cert_broker
+    home_assistant = {"ca_certs": f"{pki}/ca.crt",
+                      "certfile": f"{pki}/devices/homeassistant/device.crt",
+                      "keyfile": f"{pki}/devices/homeassistant/device.key"}
+    installed = card / "etc" / "maskwatch" / "tls"
+    config = tmp_path / "config.yaml"  # the merge the installer's note asks for, on the card
+    config.write_text((installed / "mqtt-tls.yaml").read_text().replace(
+        "/etc/maskwatch/tls/", f"{installed}/"))
+
+    def run(state: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(agent_command(
+            "run", "--source", str(demo_clip), "--until-eof", "--config", str(config),
+            "--set", f"state_dir={tmp_path / state}", "--set", "mqtt.host=127.0.0.1",
+            "--set", f"mqtt.port={broker.tls_port}", "--set", "detect.fps=2", *extra),
+            capture_output=True, text=True, timeout=180)
+
+    collector = Collector(broker.tls_port, "maskwatch/#", client_id="homeassistant",
+                          tls=home_assistant)
+    try:
+        delivered = run("front")
+        assert delivered.returncode == 0, delivered.stderr[-2000:]
+        assert collector.wait_for(lambda: collector.on("/status")[-1:] == [b"offline"], 30)
+        events = collector.on("/events")
+        topics = {topic for topic, _, _ in collector.messages}
+    finally:
+        collector.close()
+    assert events and all(t.startswith("maskwatch/front-door/") for t in topics), topics
+    refused = run("other", "--set", "device_id=back-door")
+    assert refused.returncode == 77, refused.stderr[-2000:]
