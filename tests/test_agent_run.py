@@ -53,22 +53,26 @@ def test_street_video_delivers_schema_valid_events(broker, state_dir, street_vid
 
 
 def test_watch_prints_events_and_skips_garbage(broker, state_dir, street_video, tmp_path):
+    """Two watches at once (two terminals): each its own session, each sees every event."""
     import paho.mqtt.publish as mqtt_publish
 
-    watcher = subprocess.Popen(agent_command(
+    watchers = [subprocess.Popen(agent_command(
         "watch", "--count", "3", "--json", "--timeout", "90", "--set", f"mqtt.port={broker.port}",
         "--set", "mqtt.host=127.0.0.1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    assert "watch: subscribed" in watcher.stderr.readline()  # a readiness line, not a sleep
+        text=True) for _ in range(2)]
+    for watcher in watchers:
+        assert "watch: subscribed" in watcher.stderr.readline()  # a readiness line, not a sleep
     mqtt_publish.single("maskwatch/door2/events", "{not json", hostname="127.0.0.1",
                         port=broker.port)
     result = run_agent(tmp_path, broker.port, street_video, "--set",
                        f"detect.model={state_dir}/models/face_detection_yunet_2023mar.onnx",
                        device="door2")
     assert result.returncode == 0, result.stderr
-    out, err = watcher.communicate(timeout=90)
-    assert watcher.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert len(events) == 3 and all(e["device_id"] == "door2" for e in events)
-    assert "skipping message" in err
-    assert "watch: door2: 3 events up to seq 3, 0 missing, 0 duplicates" in err
+    for watcher in watchers:
+        out, err = watcher.communicate(timeout=90)
+        assert watcher.returncode == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        assert len(events) == 3 and all(e["device_id"] == "door2" for e in events)
+        assert "skipping message" in err
+        assert "watch: door2: 3 events up to seq 3, 0 missing, 0 duplicates" in err
+    assert "already connected" not in broker.log.read_text()  # no session took another's

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import ssl
 import sys
@@ -74,9 +75,11 @@ class StreamCheck:
 
 def connect(m: MqttConfig, on_message, share: str | None = None,
             on_ready=None) -> mqtt.Client:
-    # 3.1.1 unless v5 is asked for: a subscriber needs nothing of v5, every broker speaks it
-    client = make_client(m, f"{m.client_id}-watch", mqtt_password(m), persistent_session=False,
-                         protocol=V5 if m.protocol == V5 else V311)
+    # 3.1.1 unless v5 is asked for: a subscriber needs nothing of v5, every broker speaks it.
+    # Its own client id per process: two watches (two terminals) with one id knocked each
+    # other off the broker every second, losing what came meanwhile, and said nothing
+    client = make_client(m, f"{m.client_id}-watch-{os.getpid()}", mqtt_password(m),
+                         persistent_session=False, protocol=V5 if m.protocol == V5 else V311)
     events = all_devices(m.topic_prefix, "events")
     client.on_connect = lambda c, *a: (
         c.subscribe(f"$share/{share}/{events}" if share else events, qos=1),
