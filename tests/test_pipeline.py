@@ -120,7 +120,8 @@ def test_a_camera_this_user_may_not_open_is_said_so():
     from maskwatch.agent.errors import SourceError
     from maskwatch.agent.vision.camera import check_camera_device
 
-    with tempfile.TemporaryDirectory() as folder:
+    # in /tmp itself, not under $TMPDIR, which may be a folder nobody else may enter
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
         os.chmod(folder, 0o755)  # nobody may look in, not open the device
         device = Path(folder) / "video0"
         device.touch()
