@@ -175,17 +175,14 @@ class Broker:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"mosquitto exited: {self.log.read_text()[-500:]}") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        try:
+            wait_for_port(self.port, self.proc, timeout=10)
+        except RuntimeError:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mosquitto exited: {self.log.read_text()[-500:]}") from None
+            raise RuntimeError("mosquitto did not start") from None
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

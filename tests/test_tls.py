@@ -28,6 +28,17 @@ def pki(tmp_path_factory):
     return d
 
 
+def started_with_tls(broker, tls: int):
+    """The broker, its `extra` settings holding a TLS listener on port `tls` and the rule
+    for anonymous clients, started without the plain listener's `allow_anonymous true`
+    (it would open the broker to all); `broker.tls_port` once that listener answers."""
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", ""))
+    broker.start()
+    broker.tls_port = tls
+    wait_for_port(tls, broker.proc)
+    return broker
+
+
 @pytest.fixture
 def secure_broker(make_broker, pki, tmp_path):
     passwd = tmp_path / "passwd"
@@ -45,12 +56,7 @@ def secure_broker(make_broker, pki, tmp_path):
              f"acl_file {acl}\npersistence false\n"
              f"listener {tls} 127.0.0.1\ncafile {pki}/ca.crt\ncertfile {pki}/server.crt\n"
              f"keyfile {pki}/server.key\n")
-    broker = make_broker(extra, port=plain)
-    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", ""))
-    broker.start()
-    broker.tls_port = tls
-    wait_for_port(tls, broker.proc)
-    return broker
+    return started_with_tls(make_broker(extra, port=plain), tls)
 
 
 def agent_args(state_dir, tmp_path, port, *extra):
@@ -144,12 +150,7 @@ def fleet_cert_broker(make_broker, tmp_path):
                           "listener 8884\n": f"listener {tls} 127.0.0.1\n"}.items():
         assert shipped in conf, shipped
         conf = conf.replace(shipped, here)
-    broker = make_broker(conf)
-    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", ""))
-    broker.start()
-    broker.tls_port = tls
-    wait_for_port(tls, broker.proc)
-    return broker, pki, card
+    return started_with_tls(make_broker(conf), tls), pki, card
 
 
 def test_fleet_certificates_carry_events_and_hold_each_device_to_its_name(
