@@ -21,7 +21,8 @@ def add_train(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width (0.35 or 1.0)")
     p.add_argument("--size", type=int, default=128, help="input side: 96, 128, 160, 192, 224")
     p.add_argument("--weights", default="imagenet",
-                   help="'imagenet' (Keras downloads it), a no-top .h5 file, or 'none'")
+                   help="'imagenet' (Keras downloads it; offline, exit 69), a no-top .h5 "
+                   "file, or 'none'")
     p.add_argument("--epochs", type=int, default=40, help="head epochs (early stopping)")
     p.add_argument("--fine-tune", type=int, default=0, metavar="LAYERS",
                    help="stage two: unfreeze the top LAYERS backbone layers (0: off)")
@@ -81,8 +82,10 @@ def add_evaluate(sub) -> None:
     p.add_argument("--min-face", type=int, default=0, help="VOC: skip faces smaller than this")
     p.add_argument("--threshold", type=float, help="override the no-mask threshold")
     p.add_argument("--argmax", action="store_true", help="ignore the no-mask threshold")
-    p.add_argument("--detector-model", help="VOC: crop around YuNet's matching box (what the "
-                   "device sees) instead of the annotated box; 'bundled' for the agent's own")
+    p.add_argument("--detector-model", help="crop around YuNet's boxes, what the device "
+                   "classifies ('bundled' for the agent's own): VOC scenes around the box "
+                   "matching each annotated face, class-folder photos around their one face "
+                   "(as train crops them); without it, annotated boxes and whole photos")
     p.add_argument("--light", choices=("normal", "dark", "backlit"), default="normal",
                    help="VOC: classify each face relit: dark (the whole image at "
                    "--brightness) or backlit (the face at --brightness, the rest near white)")

@@ -13,3 +13,10 @@ class ParityError(ConvertError):
     """int8 export lost more accuracy than --max-drop allows. Exit status 3."""
 
     exit_code = 3
+
+
+class DownloadError(ConvertError):
+    """Something to download (the ImageNet weights) could not be fetched. Exit status 69,
+    as `mask-agent` uses for a download that is unavailable."""
+
+    exit_code = 69

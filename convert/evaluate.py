@@ -1,8 +1,10 @@
 """Evaluate a Keras model or an int8 bundle on class folders or Pascal VOC scenes.
 
 Faces are cut with the device's crop (`agent.preprocess.face_input`); VOC faces from
-their annotated boxes. Results are given for the whole set and by face size (longer box
-side: <32, 32-64, >=64 px), since small faces are where a doorway camera struggles.
+their annotated boxes, class-folder photos whole; with a detector model, around the boxes
+the agent's YuNet finds (what the device classifies; photos as `train` crops them).
+Results are given for the whole set and by face size (longer box side: <32, 32-64,
+>=64 px), since small faces are where a doorway camera struggles.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from maskwatch.agent.vision.voc import is_voc, read_voc
 
 from .dataset import scan
 from .errors import ConvertError
-from .faces import read_image
+from .faces import FaceCropper, read_image
 from .metrics import format_report, full_report, plot_confusion
 
 SIZE_BUCKETS = (("<32", 0, 32), ("32-64", 32, 64), (">=64", 64, 10**9))
@@ -130,32 +132,53 @@ def voc_crops(root: Path, spec: CropSpec, min_face: int, labels: list[str], dete
     return crops, y, sizes, sorted(set(skipped)), missed
 
 
-def folder_crops(root: Path, spec: CropSpec, labels: list[str]):
+def folder_crops(root: Path, spec: CropSpec, labels: list[str],
+                 cropper: FaceCropper | None = None):
+    """Crops of class-folder photos: the whole photo, or (with a cropper, as `train` cuts
+    them) around the one face the agent's detector finds in it, the whole photo where it
+    finds none. A photo taken at a door is mostly background: scored whole, it says little
+    of what the device, which classifies the face, will do."""
     crops, y, sizes, skipped = [], [], [], []
     for sample in progress(scan([root]).samples, f"{root.name}: photos"):
         if sample.label not in labels:
             continue
-        image = read_image(sample.path)
+        if cropper is not None:
+            loaded = cropper.load(sample)
+            image, box = loaded if loaded is not None else (None, None)
+        else:
+            image = read_image(sample.path)
+            box = whole_image_box(image, spec) if image is not None else None
         if image is None:
             skipped.append(str(sample.path))
             continue
-        crops.append(face_input(image, whole_image_box(image, spec), spec))
+        crops.append(face_input(image, box, spec))
         y.append(labels.index(sample.label))
-        sizes.append(max(image.shape[:2]))
+        sizes.append(max(box[2], box[3]))
     return crops, y, sizes, skipped
 
 
+def boxes_from(voc: bool, detector, cropper: FaceCropper | None) -> str:
+    """Where the classified crops were cut: the detector's boxes, the annotated ones (VOC),
+    or the whole photo (class folders)."""
+    if (detector if voc else cropper) is not None:
+        return "detector"
+    return "annotation" if voc else "whole photo"
+
+
 def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plots: Path | None,
-                 detector=None, light: str = "normal", brightness: float = 1.0):
+                 detector=None, light: str = "normal", brightness: float = 1.0,
+                 cropper: FaceCropper | None = None):
     spec = CropSpec(size=scorer.crop.size, scale=scale)
     missed = None
-    if is_voc(root):
+    voc = is_voc(root)
+    if voc:
         crops, y, sizes, skipped, missed = voc_crops(root, spec, min_face, scorer.labels,
                                                      detector, light, brightness)
     elif light != "normal":
         raise ConvertError(f"{root}: --light needs a Pascal VOC set (the face box is known)")
     else:
-        crops, y, sizes, skipped = folder_crops(root, spec, scorer.labels)
+        found_before = cropper.detected if cropper is not None else 0
+        crops, y, sizes, skipped = folder_crops(root, spec, scorer.labels, cropper)
     if not crops:
         raise ConvertError(f"no faces with known labels in {root}")
     scores = scorer.scores(np.stack(crops))
@@ -163,11 +186,17 @@ def evaluate_set(scorer, root: Path, scale: float, min_face: int, threshold, plo
     y, sizes = np.asarray(y), np.asarray(sizes)
     result = {"data": str(root), "skipped_unreadable": skipped, "light": light,
               "brightness": brightness,
-              "boxes": "detector" if detector is not None else "annotation",
+              "boxes": boxes_from(voc, detector, cropper),
               "faces_missed_by_detector": missed,
               "all": full_report(y, pred, scorer.labels), "by_face_size": {}}
-    if detector is not None:
+    if voc and detector is not None:
         print(f"{root}: {missed} annotated faces not found by the detector (not classified)")
+    if cropper is not None and not voc:
+        found = cropper.detected - found_before
+        whole = len(crops) - found
+        result["photos_without_a_face_found"] = whole
+        print(f"{root}: a face found in {found} photos, cropped around it; "
+              f"{whole} scored whole (none found)")
     lit = "" if light == "normal" else f", {light} at {brightness:g} brightness"
     print(format_report(f"{root} (all faces{lit})", result["all"]))
     for name, lo, hi in SIZE_BUCKETS:
@@ -188,15 +217,18 @@ def evaluate(model: str, data: list[str], json_path: Path | None = None,
              detector_model: str | None = None, light: str = "normal",
              brightness: float = 1.0) -> dict:
     scorer = load_scorer(model)
-    detector = None
+    detector = cropper = None
     if detector_model:
         from maskwatch.agent.config import DetectConfig
         from maskwatch.agent.errors import ModelError
         from maskwatch.agent.factory import detector_from
 
         try:
-            # exactly the agent's default detector settings (config.yaml: detect.*)
+            # VOC scenes: exactly the agent's default detector settings (config.yaml:
+            # detect.*); class-folder photos: as `train` crops them
             detector = detector_from(DetectConfig(detector="yunet", model=detector_model))
+            cropper = FaceCropper(CropSpec(size=scorer.crop.size, scale=scale),
+                                  detector_model, None)
         except ModelError as exc:
             raise ConvertError(str(exc)) from None
     if use_argmax:
@@ -211,7 +243,8 @@ def evaluate(model: str, data: list[str], json_path: Path | None = None,
             raise ConvertError(f"data folder not found: {root}")
         try:
             results["datasets"].append(evaluate_set(scorer, path, scale, min_face, threshold,
-                                                    plots, detector, light, brightness))
+                                                    plots, detector, light, brightness,
+                                                    cropper))
         except InputError as exc:
             raise ConvertError(str(exc)) from None
     if json_path is not None:

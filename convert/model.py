@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConvertError
+from .errors import ConvertError, DownloadError
 
 SUPPORTED_SIZES = (96, 128, 160, 192, 224)
+# The name Keras gives the ImageNet no-top weights it downloads (alpha as Keras writes it)
+NO_TOP_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5"
 
 
 def build_backbone(alpha: float, size: int, weights: str):
@@ -33,6 +35,14 @@ def build_backbone(alpha: float, size: int, weights: str):
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ConvertError(
             f"cannot load backbone weights {weights} for alpha={alpha}: {first}") from None
+    except Exception as exc:  # Keras' get_file raises a bare Exception when it cannot fetch
+        if weights != "imagenet" or "URL fetch failure" not in str(exc):
+            raise
+        raise DownloadError(
+            f"cannot download the ImageNet weights for MobileNetV2 alpha={alpha:g} "
+            f"(no internet?): pass the Keras no-top weights file with --weights FILE, e.g. "
+            f"{NO_TOP_FILE.format(alpha=float(alpha), size=224)} (one file serves every --size)"
+        ) from None
 
 
 def build_model(backbone, n_classes: int, dropout: float = 0.2):

@@ -12,6 +12,7 @@ export can take raw uint8 pixels.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.agent.vision.decision import NO_MASK, decide_all
+from maskwatch.agent.vision.decision import MASK, NO_MASK, decide_all
 from maskwatch.agent.vision.preprocess import CropSpec, face_input
 
 from .augment import augmented_input
@@ -95,9 +96,13 @@ def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
     return {i: float(len(y) / (n * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
+THRESHOLD_FLOOR = 0.05  # the lowest no-mask threshold train chooses
+
+
 def choose_no_mask_threshold(scores: np.ndarray, y: np.ndarray, labels: list[str],
                              target_recall: float) -> float | None:
-    """Highest threshold (<= 0.5) on the no-mask score that keeps no-mask recall >= target."""
+    """Highest threshold (<= 0.5) on the no-mask score that keeps no-mask recall >= target,
+    rounded down to 4 decimals (recall kept; 0.05, not 0.05000000074505806)."""
     if NO_MASK not in labels:
         return None
     no_mask = labels.index(NO_MASK)
@@ -105,7 +110,26 @@ def choose_no_mask_threshold(scores: np.ndarray, y: np.ndarray, labels: list[str
     if positives.size == 0:
         return None
     k = int(np.floor((1.0 - target_recall) * positives.size))
-    return float(np.clip(positives[k] - 1e-6, 0.05, 0.5))
+    threshold = float(np.clip(positives[k] - 1e-6, THRESHOLD_FLOOR, 0.5))
+    return math.floor(threshold * 10_000) / 10_000
+
+
+def threshold_warning(threshold: float | None, report: dict, target_recall: float,
+                      on: str) -> str | None:
+    """A warning when the no-mask threshold sits at its floor: the validation photos (too
+    few, or too hard for this model) cannot give the no-mask recall asked for, and every
+    masked face scored above the floor is called unmasked; the user should know."""
+    binary = report.get("mask_vs_no_mask")
+    if threshold is None or threshold > THRESHOLD_FLOOR or not binary:
+        return None
+    no_mask = binary["per_class"][NO_MASK]["recall"]
+    if no_mask >= target_recall:
+        return None
+    masked = binary["per_class"][MASK]["recall"]
+    return (f"the no-mask threshold is at its floor ({THRESHOLD_FLOOR}): on {on} validation "
+            f"it keeps no-mask recall {no_mask:.3f}, under --no-mask-recall {target_recall:g}, "
+            f"and masked recall falls to {masked:.3f}; more photos per class, or a lower "
+            f"--no-mask-recall, give a better operating point")
 
 
 def limit_per_class(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
@@ -234,6 +258,10 @@ def train(opts: TrainOptions) -> dict:
     print(format_report(f"validation (no-mask threshold {threshold})", val_report))
     print(format_report("hard validation (argmax)", hard_argmax))
     print(format_report(f"hard validation (no-mask threshold {threshold})", hard_report))
+    warning = threshold_warning(threshold, hard_report if opts.threshold_on == "hard"
+                                else val_report, opts.no_mask_recall, opts.threshold_on)
+    if warning:
+        print(f"mask-convert: warning: {warning}", file=sys.stderr)
 
     model.save(opts.out / "model.keras")
     np.savez_compressed(opts.out / "validation_crops.npz", x=np.stack(val_clean), y=y_val)
@@ -255,6 +283,7 @@ def train(opts: TrainOptions) -> dict:
         "validation_hard": hard_report,
         "validation_hard_argmax": hard_argmax,
         "threshold_chosen_on": opts.threshold_on,
+        "threshold_warning": warning,
         "history": history,
         "seconds": round(time.time() - started, 1),
         "command": "mask-convert " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

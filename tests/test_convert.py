@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import ROOT, need_module
+from .conftest import ROOT, free_port, need_module
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,6 +111,56 @@ def test_evaluate_keras_and_bundle_on_scenes_and_folders(trained, tiny_data, dev
     scenes = json.loads(out.read_text())["datasets"][0]
     assert set(scenes["by_face_size"]) <= {"<32", "32-64", ">=64"}
     assert scenes["all"]["mask_vs_no_mask"]["per_class"]["without_mask"]["support"] > 50
+
+
+def test_class_folder_photos_are_scored_on_the_face_the_detector_finds(tiny_data, tmp_path):
+    """Photos taken at a door hold a face in a larger frame: scored whole they say nothing
+    of the classifier (the bundled model called all 24 here "with mask"); with a
+    detector model each is cut around its face, as `train` cuts training photos."""
+    import cv2
+
+    door = tmp_path / "door"
+    for label in ("with_mask", "without_mask"):
+        (door / label).mkdir(parents=True)
+        for i, path in enumerate(sorted((tiny_data / label).glob("*.jpg"))[:12]):
+            face = cv2.imread(str(path))
+            if face is None:
+                continue  # the truncated file
+            frame = np.full((480, 640, 3), (90, 110, 130), np.uint8)
+            x, y = 120 + 25 * i, 100 + 5 * i
+            frame[y:y + 160, x:x + 160] = cv2.resize(face, (160, 160))
+            cv2.imwrite(str(door / label / path.name), frame)
+    bundle = str(ROOT / "agent" / "vision" / "default_model")
+    runs = {}
+    for how, extra in (("whole", []), ("face", ["--detector-model", "bundled"])):
+        out = tmp_path / f"{how}.json"
+        result = convert("evaluate", bundle, str(door), "--json", str(out), *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[how] = (json.loads(out.read_text())["datasets"][0], result.stdout)
+    whole, (face, printed) = runs["whole"][0], runs["face"]
+    assert whole["boxes"] == "whole photo" and face["boxes"] == "detector"
+    assert face["all"]["n"] == whole["all"]["n"] == 24
+    found = 24 - face["photos_without_a_face_found"]
+    assert found >= 12 and f"a face found in {found} photos" in printed
+    assert face["all"]["balanced_accuracy"] >= whole["all"]["balanced_accuracy"] + 0.3
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_exit_69(tiny_data,
+                                                                           tmp_path):
+    """No internet (a proxy on a port nobody answers) and no cached file: the user is told
+    to pass the file, not shown Keras' traceback."""
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"),
+           "https_proxy": f"http://127.0.0.1:{free_port()}", "no_proxy": ""}
+    env["HTTPS_PROXY"] = env["https_proxy"]
+    result = subprocess.run(
+        [sys.executable, "-m", "maskwatch.convert", "train", str(tiny_data), "--out",
+         str(tmp_path / "run"), "--detector-model", "none", "--weights", "imagenet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 69, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mask-convert")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "--weights FILE" in lines[0]
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in lines[0]
 
 
 @pytest.mark.parametrize("case", ["wrong_alpha", "corrupt_weights", "one_class", "unwritable"])

@@ -57,3 +57,25 @@ def test_binary_view_drops_incorrect_faces_and_counts_incorrect_predictions_as_m
 
 def test_binary_view_needs_both_classes():
     assert binary_view(np.array([0]), np.array([0]), ["a", "b"]) is None
+
+
+def test_a_threshold_at_its_floor_that_misses_the_recall_asked_is_warned_of():
+    from maskwatch.convert.metrics import full_report
+    from maskwatch.convert.train import choose_no_mask_threshold, threshold_warning
+
+    labels = [MASK, NO_MASK]
+    # 20 unmasked faces, two of them scored almost "masked"; 20 masked faces mostly at 0.2
+    no_mask = [0.9] * 18 + [0.01, 0.02]
+    masked = [0.2] * 12 + [0.02] * 8
+    scores = np.array([[1 - s, s] for s in no_mask + masked])
+    y = np.array([1] * 20 + [0] * 20)
+    threshold = choose_no_mask_threshold(scores, y, labels, 0.98)
+    assert threshold == 0.05  # clipped to the floor, rounded (not 0.0500000007...)
+    report = full_report(y, decide_all(scores, labels, threshold), labels)
+    warning = threshold_warning(threshold, report, 0.98, "hard")
+    assert warning is not None
+    assert "no-mask recall 0.900" in warning and "masked recall falls to 0.400" in warning
+    # met recall: no warning, however low the threshold
+    assert threshold_warning(0.05, full_report(y[:18], np.ones(18, int), labels), 0.98,
+                             "hard") is None
+    assert choose_no_mask_threshold(scores[:18], y[:18], labels, 0.98) == 0.5
