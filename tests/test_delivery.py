@@ -16,7 +16,7 @@ import time
 import pytest
 
 from maskwatch.agent.config import load
-from maskwatch.agent.delivery.outbox import Outbox, ResilientOutbox
+from maskwatch.agent.delivery.outbox import KEEP_DAMAGED, Outbox, ResilientOutbox, set_aside
 from maskwatch.agent.delivery.publish import Publisher
 from maskwatch.agent.errors import StateError
 from maskwatch.agent.factory import topics_from
@@ -266,3 +266,36 @@ def test_a_broker_stopping_is_said_in_words_not_unspecified_error(broker, tmp_pa
     lines = [r.getMessage() for r in caplog.records if "disconnected from MQTT" in r.getMessage()]
     assert lines and "Unspecified error" not in lines[0]
     assert "the broker stopped or restarted" in lines[0] and str(broker.port) in lines[0]
+
+
+def test_only_the_newest_damaged_outboxes_are_kept(tmp_path):
+    """A failing card may damage the outbox again and again: each is set aside, but only
+    the newest three (with their -wal files) stay, so they cannot fill the card."""
+    path = tmp_path / "outbox.sqlite3"
+    older = [f"2025010{day}T000000Z" for day in range(1, 5)]
+    for stamp in older:
+        for suffix in ("", "-wal"):
+            (tmp_path / f"outbox.sqlite3.damaged-{stamp}{suffix}").write_bytes(b"old")
+    path.write_bytes(b"damaged")
+    (tmp_path / "outbox.sqlite3-wal").write_bytes(b"its wal")
+    aside = set_aside(path)
+    assert not path.exists() and aside.read_bytes() == b"damaged"
+    assert (tmp_path / f"{aside.name}-wal").read_bytes() == b"its wal"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    newest = older[-(KEEP_DAMAGED - 1):]
+    kept = [f"outbox.sqlite3.damaged-{stamp}{x}" for stamp in newest for x in ("", "-wal")]
+    assert left == sorted([aside.name, f"{aside.name}-wal", *kept])
+
+
+def test_the_watchers_check_tells_a_device_numbering_anew_from_duplicates():
+    from maskwatch.agent.delivery.watch import StreamCheck
+
+    check = StreamCheck()
+    for seq, new_id in ((1, True), (2, True), (3, True), (3, False), (5, True)):
+        check.add(seq, new_id)  # a redelivery of 3, then 4 missing
+    assert (check.duplicates, check.gaps) == (1, 1)
+    for seq in (1, 2):  # a new outbox (a damaged one set aside): new ids from 1 again
+        check.add(seq, new_id=True)
+    check.add(2, new_id=False)  # and a redelivery of the new 2
+    assert check.renumbered == 1 and (check.duplicates, check.gaps) == (2, 1)
+    assert check.summary().endswith("numbered anew 1 times")

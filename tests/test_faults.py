@@ -293,6 +293,51 @@ def test_unwritable_state_dir_exits_74_after_delivering(broker, tmp_path):
     assert produced > 20 and len(set(delivered_ids(collector))) == produced
 
 
+def damaged_outbox(path: Path, damage: str) -> bytes:
+    """An outbox file as a power cut or a file-system repair may leave it: garbage where
+    the header was, or a real outbox of 300 events cut to half its pages."""
+    path.parent.mkdir(parents=True)
+    if damage == "not a database":
+        path.write_bytes(random.Random(7).randbytes(8192))
+    else:
+        outbox = ResilientOutbox(path)
+        for n in range(300):
+            outbox.put("maskwatch/door8/events", json.dumps({"n": n, "pad": "x" * 400}).encode())
+        outbox.close()
+        whole = path.read_bytes()
+        path.write_bytes(whole[:len(whole) // 2 // 4096 * 4096])
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["not a database", "truncated"])
+def test_a_damaged_outbox_is_set_aside_and_events_go_to_a_new_one(broker, tmp_path, damage):
+    """No retry mends a damaged file: before, the agent kept every event in memory for as
+    long as it ran (and lost them at each restart); now it sets the file aside and goes on
+    on disk."""
+    state = tmp_path / "state"
+    before = damaged_outbox(state / "outbox.sqlite3", damage)
+    collector = Collector(broker.port, "maskwatch/door8/events")
+    try:
+        result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof",
+                           "--set", f"state_dir={state}", "--set", f"mqtt.port={broker.port}",
+                           "--set", "mqtt.host=127.0.0.1", "--set", "device_id=door8",
+                           timeout=120)
+        produced = result.stderr.count("person #")
+        assert collector.wait_for(lambda: len(collector.on("/events")) >= produced, 10)
+    finally:
+        collector.close()
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert produced > 20 and len(set(delivered_ids(collector))) == produced
+    said = [line for line in result.stderr.splitlines() if "moved to" in line]
+    assert len(said) == 1 and "ERROR" in said[0] and "new event outbox started" in said[0]
+    aside = list(state.glob("outbox.sqlite3.damaged-*"))
+    assert len(aside) == 1 and str(aside[0]) in said[0]
+    assert aside[0].read_bytes() == before  # kept as it was, for whoever looks
+    with sqlite3.connect(state / "outbox.sqlite3") as db:  # the new one: a database, empty
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    assert "in memory" not in result.stderr
+
+
 def test_image_bomb_and_bad_annotate_folder_on_the_cli(tmp_path):
     from .test_http import png_claiming
 

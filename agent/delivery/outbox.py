@@ -11,7 +11,11 @@ database locked by another process, state dir unwritable) it keeps going in memo
 instead of stalling the camera loop: a write waits at most `WRITE_WAIT_S`, sequence
 numbers keep rising across disk and memory (the publisher sends in seq order and must
 never see a number go back), what the disk still holds is still sent, and every few
-seconds it tries the disk again and moves the memory events into it.
+seconds it tries the disk again and moves the memory events into it. A file that is no
+database any more (a power cut on a card that lies about its writes, a file-system repair
+that truncated it) no retry can mend: it is set aside, kept for inspection, and a new
+outbox started, so the agent goes back to disk at once instead of living in memory until
+someone comes.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from ..errors import StateError
 from ..throttle import Throttle
@@ -31,10 +36,14 @@ from ..throttle import Throttle
 log = logging.getLogger("maskwatch.outbox")
 throttle = Throttle(log)
 
+T = TypeVar("T")
 MEMORY = ":memory:"
 NUMBERED = "events"  # the counter behind each event's `seq`
 WRITE_WAIT_S = 0.2  # longest a locked database may hold up the frame loop
 RETRY_DISK_S = 5.0  # how often a degraded outbox tries the disk again
+# what SQLite says of a file it cannot read as a database (SQLITE_NOTADB, SQLITE_CORRUPT)
+DAMAGED = ("file is not a database", "database disk image is malformed")
+KEEP_DAMAGED = 3  # damaged outbox files kept, newest first
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -46,6 +55,48 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+class DamagedOutbox(StateError):
+    """The outbox file is no SQLite database any more: no retry will make it one."""
+
+
+def failed(exc: sqlite3.Error | OSError, what: str) -> StateError:
+    """The StateError for a failed outbox operation: DamagedOutbox when SQLite says the
+    file is damaged, a plain StateError (a full disk, a lock: may pass) otherwise."""
+    damaged = isinstance(exc, sqlite3.DatabaseError) and any(t in str(exc) for t in DAMAGED)
+    return (DamagedOutbox if damaged else StateError)(f"{what}: {exc}")
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Reads of the outbox: a damaged file says so as DamagedOutbox."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise failed(exc, f"cannot read event outbox {path}") from None
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged outbox (and its -wal and -shm files) to `<name>.damaged-<UTC time>`,
+    out of the way of a new one and kept for whoever looks; returns the new name. Only the
+    newest KEEP_DAMAGED are kept: a failing card must not fill itself with them."""
+    prefix = f"{path.name}.damaged-"
+    aside = path.with_name(prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{path}{suffix}")
+            if part.exists():
+                part.replace(f"{aside}{suffix}")
+        kept = list(path.parent.glob(prefix + "*"))
+        times = sorted({old.name[len(prefix):][:16] for old in kept})  # YYYYmmddTHHMMSSZ
+        for old in kept:
+            if old.name[len(prefix):][:16] in times[:-KEEP_DAMAGED]:
+                old.unlink()
+    except OSError as exc:
+        raise StateError(f"cannot move the damaged event outbox {path} aside: "
+                         f"{exc.strerror}") from None
+    return aside
 
 
 @dataclass(frozen=True)
@@ -66,18 +117,22 @@ class Outbox:
         self.max_events, self.max_bytes = max_events, max_bytes
         self._lock = threading.Lock()
         in_memory = str(path) == MEMORY
+        db = None
         try:
             if not in_memory:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False,
-                                       isolation_level=None, timeout=wait_s)
+            db = sqlite3.connect(str(path), check_same_thread=False,
+                                 isolation_level=None, timeout=wait_s)
             if not in_memory:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")  # a put survives power loss
-            self._db.executescript(SCHEMA)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # a put survives power loss
+            db.executescript(SCHEMA)
+            self._db = db
             self._bytes = self._query_bytes()
         except (sqlite3.Error, OSError) as exc:
-            raise StateError(f"cannot open event outbox {self.path}: {exc}") from None
+            if db is not None:
+                db.close()  # a damaged file is moved aside next: nothing may hold it open
+            raise failed(exc, f"cannot open event outbox {self.path}") from None
 
     def _query_bytes(self) -> int:
         row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
@@ -120,7 +175,7 @@ class Outbox:
                 return seqs
             except sqlite3.Error as exc:
                 self._rollback()
-                raise StateError(f"cannot write event outbox {self.path}: {exc}") from None
+                raise failed(exc, f"cannot write event outbox {self.path}") from None
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -142,14 +197,14 @@ class Outbox:
 
     def pending(self, after: int = 0, limit: int = 100) -> list[Message]:
         """Unacknowledged messages with seq > after, oldest first."""
-        with self._lock:
+        with self._lock, reading(self.path):
             rows = self._db.execute(
                 "SELECT seq, topic, payload, qos, retain FROM outbox WHERE seq > ? "
                 "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
         return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
 
     def holds(self, seq: int) -> bool:
-        with self._lock:
+        with self._lock, reading(self.path):
             return self._db.execute("SELECT 1 FROM outbox WHERE seq = ?", (seq,)).fetchone() \
                 is not None
 
@@ -163,28 +218,28 @@ class Outbox:
                     self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
                     self._bytes -= int(row[0])
             except sqlite3.Error as exc:
-                raise StateError(f"cannot update event outbox {self.path}: {exc}") from None
+                raise failed(exc, f"cannot update event outbox {self.path}") from None
 
     def last_seq(self) -> int:
         """The highest seq ever given out (AUTOINCREMENT never reuses one)."""
-        with self._lock:
+        with self._lock, reading(self.path):
             row = self._db.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         return int(row[0]) if row else 0
 
     def depth(self) -> int:
-        with self._lock:
+        with self._lock, reading(self.path):
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def counter(self, name: str) -> int:
         """A number kept with the messages (e.g. the last event number given out)."""
-        with self._lock:
+        with self._lock, reading(self.path):
             row = self._db.execute("SELECT value FROM counters WHERE name = ?",
                                    (name,)).fetchone()
         return int(row[0]) if row else 0
 
     def dropped(self) -> int:
-        with self._lock:
+        with self._lock, reading(self.path):
             row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         return int(row[0]) if row else 0
 
@@ -215,15 +270,47 @@ class ResilientOutbox:
         self._next_retry = 0.0
         self._delete_later: set[int] = set()  # acknowledged, but the disk refused the delete
         try:
-            self._disk = Outbox(path, max_events, max_bytes)
+            self._disk = self._open_disk()
             self._seq = self._disk.last_seq()
             self._numbers = {NUMBERED: self._disk.counter(NUMBERED)}
         except StateError as exc:
-            self._degrade(str(exc))
+            self._lose_disk(exc)
 
     @property
     def degraded(self) -> bool:
         return self._memory is not None
+
+    def _open_disk(self) -> Outbox:
+        """The disk outbox; a damaged file is set aside and a new one opened in its place."""
+        try:
+            return Outbox(self.path, self.max_events, self.max_bytes)
+        except DamagedOutbox as exc:
+            aside = set_aside(self.path)
+            log.error("%s: moved to %s (kept; the events still in it are not sent) and a new "
+                      "event outbox started", exc, aside)
+            return Outbox(self.path, self.max_events, self.max_bytes)
+
+    def _lose_disk(self, exc: StateError) -> None:
+        """Go on in memory; a damaged disk outbox is closed, to be set aside and opened
+        anew at the next retry (`maintain`)."""
+        if isinstance(exc, DamagedOutbox) and self._disk is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._disk.close()
+            self._disk = None
+            self._delete_later.clear()  # they were in the file set aside
+        self._degrade(str(exc))
+
+    def _read(self, read: Callable[[Outbox], T]) -> list[T]:
+        """`read` of the disk and the memory outbox, those there are; a disk that cannot
+        be read is lost (`_lose_disk`) and gives nothing this time."""
+        results = []
+        for box in (self._disk, self._memory):
+            if box is not None:
+                try:
+                    results.append(read(box))
+                except StateError as exc:
+                    self._lose_disk(exc)
+        return results
 
     def _degrade(self, reason: str) -> None:
         if self._memory is None:
@@ -261,7 +348,7 @@ class ResilientOutbox:
                 self._seq = self._disk.put_many(row, counters)[-1]
                 return self._seq
             except StateError as exc:
-                self._degrade(str(exc))
+                self._lose_disk(exc)
         assert self._memory is not None
         self._seq = self._memory.put_many(row, counters)[-1]
         return self._seq
@@ -281,7 +368,7 @@ class ResilientOutbox:
                 return True
             try:
                 if self._disk is None:
-                    self._disk = Outbox(self.path, self.max_events, self.max_bytes)
+                    self._disk = self._open_disk()
                     self._seq = max(self._seq, self._disk.last_seq())
                     self._numbers[NUMBERED] = max(self._numbers.get(NUMBERED, 0),
                                                   self._disk.counter(NUMBERED))
@@ -290,7 +377,7 @@ class ResilientOutbox:
                     self._disk.put_many([(m.seq, m.topic, m.payload, m.qos, m.retain)
                                          for m in moving], dict(self._numbers))
             except StateError as exc:
-                self.error = str(exc)
+                self._lose_disk(exc)
                 return False
             log.warning("event outbox %s is writable again: moved %d events from memory",
                         self.path, len(moving))
@@ -301,8 +388,7 @@ class ResilientOutbox:
     def pending(self, after: int = 0, limit: int = 100) -> list[Message]:
         with self._lock:
             extra = len(self._delete_later)
-            parts = [box.pending(after, limit + extra) for box in (self._disk, self._memory)
-                     if box]
+            parts = self._read(lambda box: box.pending(after, limit + extra))
             skip = set(self._delete_later)
         merged = sorted((m for part in parts for m in part if m.seq not in skip),
                         key=lambda m: m.seq)
@@ -317,13 +403,15 @@ class ResilientOutbox:
             elif self._disk is not None:
                 try:
                     self._disk.ack(seq)
+                except DamagedOutbox as exc:
+                    self._lose_disk(exc)
                 except StateError:
                     self._delete_later.add(seq)
 
     def _retry_deletes(self) -> None:
         for seq in sorted(self._delete_later):
             try:
-                assert self._disk is not None
+                assert self._disk is not None  # _lose_disk empties _delete_later
                 self._disk.ack(seq)
             except StateError:
                 return
@@ -331,7 +419,7 @@ class ResilientOutbox:
 
     def depth(self) -> int:
         with self._lock:
-            held = sum(box.depth() for box in (self._disk, self._memory) if box)
+            held = sum(self._read(Outbox.depth))
             return held - len(self._delete_later)
 
     def in_memory(self) -> int:
@@ -341,7 +429,7 @@ class ResilientOutbox:
 
     def dropped(self) -> int:
         with self._lock:
-            return sum(box.dropped() for box in (self._disk, self._memory) if box)
+            return sum(self._read(Outbox.dropped))
 
     def close(self) -> None:
         with self._lock:

@@ -4,9 +4,10 @@ A small, strict subscriber: payloads that are not valid events (bad JSON, wrong 
 oversized) are skipped with a log line, never crash the watcher. It checks each device's
 stream by the events' `seq` (1, 2, 3, ... per device): a number skipped is a lost event
 (a gap), a number seen again a redelivered duplicate, a lower one than the last arrived
-out of order; the counts per device are printed at the end. `--share GROUP` joins an MQTT
-5 shared subscription (`$share/GROUP/...`): the group's members split the stream, so each
-one sees gaps by design, and only the members' reports together tell.
+out of order, a 1 with an id not seen before the device numbering anew (a new outbox);
+the counts per device are printed at the end. `--share GROUP` joins an MQTT 5 shared
+subscription (`$share/GROUP/...`): the group's members split the stream, so each one
+sees gaps by design, and only the members' reports together tell.
 """
 
 from __future__ import annotations
@@ -53,8 +54,14 @@ class StreamCheck:
     gaps: int = 0  # numbers never seen (so far) between the lowest and the highest
     duplicates: int = 0
     reordered: int = 0
+    renumbered: int = 0  # times the device began again at 1 (a new outbox)
 
-    def add(self, seq: int) -> None:
+    def add(self, seq: int, new_id: bool = False) -> None:
+        """One event's `seq`; `new_id`: its id was not seen before (so a 1 after higher
+        numbers is a device numbering anew, a new outbox, not a duplicate)."""
+        if seq == 1 and new_id and self.last > 1:
+            self.renumbered += 1
+            self.last, self.seen = 0, set()
         if seq in self.seen:
             self.duplicates += 1
             return
@@ -69,8 +76,9 @@ class StreamCheck:
         self.last = max(self.last, seq)
 
     def summary(self) -> str:
+        anew = f", numbered anew {self.renumbered} times" if self.renumbered else ""
         return (f"{len(self.seen)} events up to seq {self.last}, {self.gaps} missing, "
-                f"{self.duplicates} duplicates, {self.reordered} out of order")
+                f"{self.duplicates} duplicates, {self.reordered} out of order{anew}")
 
 
 def connect(m: MqttConfig, on_message, share: str | None = None,
@@ -131,7 +139,7 @@ def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: boo
                 print(f"skipping message on {topic}: {exc}", file=sys.stderr)
                 continue
             if isinstance(event.get("seq"), int):
-                streams[str(event["device_id"])].add(event["seq"])
+                streams[str(event["device_id"])].add(event["seq"], event["id"] not in seen)
             if event["id"] in seen:  # at-least-once delivery: drop duplicates by id
                 continue
             seen.add(event["id"])
