@@ -275,19 +275,26 @@ def test_sources_that_never_open_exit_66_at_once(bad_sources, tmp_path):
         print(f"\n{what}: exit 66 in {time.monotonic() - t0:.1f} s: {lines[0]}")
 
 
-def test_unwritable_state_dir_exits_74_after_delivering(broker, tmp_path):
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the state directory should be")
-    collector = Collector(broker.port, "maskwatch/door5/events")
+def demo_clip_delivered(broker, state_dir: Path, device: str):
+    """`run --until-eof` on the bundled clip with this state dir: its result, the events
+    it produced, and a collector that has waited for as many to arrive."""
+    collector = Collector(broker.port, f"maskwatch/{device}/events")
     try:
         result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof",
-                           "--set", f"state_dir={blocker}", "--set", f"mqtt.port={broker.port}",
-                           "--set", "mqtt.host=127.0.0.1", "--set", "device_id=door5",
+                           "--set", f"state_dir={state_dir}", "--set", f"mqtt.port={broker.port}",
+                           "--set", "mqtt.host=127.0.0.1", "--set", f"device_id={device}",
                            timeout=120)
         produced = result.stderr.count("person #")
         assert collector.wait_for(lambda: len(collector.on("/events")) >= produced, 10)
     finally:
         collector.close()
+    return result, produced, collector
+
+
+def test_unwritable_state_dir_exits_74_after_delivering(broker, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    result, produced, collector = demo_clip_delivered(broker, blocker, "door5")
     assert result.returncode == 74, result.stderr[-1000:]
     assert "could not be written" in result.stderr
     assert produced > 20 and len(set(delivered_ids(collector))) == produced
@@ -316,16 +323,7 @@ def test_a_damaged_outbox_is_set_aside_and_events_go_to_a_new_one(broker, tmp_pa
     on disk."""
     state = tmp_path / "state"
     before = damaged_outbox(state / "outbox.sqlite3", damage)
-    collector = Collector(broker.port, "maskwatch/door8/events")
-    try:
-        result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof",
-                           "--set", f"state_dir={state}", "--set", f"mqtt.port={broker.port}",
-                           "--set", "mqtt.host=127.0.0.1", "--set", "device_id=door8",
-                           timeout=120)
-        produced = result.stderr.count("person #")
-        assert collector.wait_for(lambda: len(collector.on("/events")) >= produced, 10)
-    finally:
-        collector.close()
+    result, produced, collector = demo_clip_delivered(broker, state, "door8")
     assert result.returncode == 0, result.stderr[-1000:]
     assert produced > 20 and len(set(delivered_ids(collector))) == produced
     said = [line for line in result.stderr.splitlines() if "moved to" in line]
