@@ -161,7 +161,7 @@ def _check_hosts(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or len(value) > MAX_HOSTS:
         raise fail(key, f"expected a list of at most {MAX_HOSTS} host names, got "
                    f"{shown(value)}")
-    return tuple(_check_host(f"{key}[{i}]", v) for i, v in enumerate(value))
+    return tuple(_check_host(f"{key}[{i}]", v, with_port=True) for i, v in enumerate(value))
 
 
 def _check_roi(key: str, value: Any) -> tuple[float, float, float, float]:
@@ -176,9 +176,15 @@ def _check_roi(key: str, value: Any) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
-def _check_host(key: str, value: Any) -> str:
+def _check_host(key: str, value: Any, with_port: bool = False) -> str:
+    """A host name or an IP address (IPv6 with two colons or more); `with_port`: optionally
+    followed by :port. `localhost:1884` as mqtt.host would be looked up as a name and
+    never found, every few seconds, for as long as the agent runs."""
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.:\-_\[\]]{1,253}", value):
         raise fail(key, f"expected a host name or IP address, got {shown(value)}")
+    if not with_port and value.count(":") == 1:
+        raise fail(key, f"{shown(value)} holds a port: give the host alone and the port in "
+                   "mqtt.port")
     return value
 
 
@@ -301,9 +307,10 @@ def _check_cross_fields(cfg: Config) -> None:
     if mqtt.password_env and mqtt.password_env not in os.environ:
         raise fail("mqtt.password_env", f"environment variable {mqtt.password_env} "
                     "is not set")
-    for host, port in broker_addresses(mqtt):
-        if not 1 <= port <= 65535 or not host:
-            raise fail("mqtt.hosts", f"{host or '(no host)'}:{port} is not a host and a port "
+    entries = mqtt.hosts or (f"{mqtt.host}:{mqtt.port}",)
+    for entry, (host, port) in zip(entries, broker_addresses(mqtt)):
+        if not 1 <= port <= 65535 or not host or host.count(":") == 1:  # "a:b": b no port
+            raise fail("mqtt.hosts", f"{shown(entry)} is not a host, or a host and a port "
                        "from 1 to 65535")
     if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
         raise fail("mqtt.reconnect_max_s", "must be at least mqtt.reconnect_min_s")

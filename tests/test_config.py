@@ -60,6 +60,8 @@ BAD_CONFIGS = [
     ("mqtt: {prot: 1883}", "mqtt.prot"),
     ("mqttt: {}", "mqttt"),
     ("mqtt: {host: 'bad host!'}", "mqtt.host"),
+    ("mqtt: {host: 'broker.local:1884'}", "mqtt.host"),  # the port goes in mqtt.port
+    ("mqtt: {hosts: ['broker:18830x']}", "mqtt.hosts"),
     ("mqtt: {keepalive: -1}", "mqtt.keepalive"),
     ("mqtt: {topic_prefix: 'a/#'}", "mqtt.topic_prefix"),
     ("mqtt: {require_tls: true}", "mqtt.require_tls"),
@@ -230,3 +232,15 @@ def test_reading_a_config_is_bounded():
     result = subprocess.run(agent_command("check-config", "/dev/zero"), capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 78 and "larger than" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "fe80::1", "192.168.1.5", "broker.local"])
+def test_ipv6_addresses_and_names_are_hosts(host):
+    """A colon in mqtt.host is IPv6's; one colon alone is a port that belongs in mqtt.port
+    (BAD_CONFIGS)."""
+    assert config.validate({"mqtt": {"host": host}}).mqtt.host == host
+
+
+def test_broker_list_entries_may_carry_ports():
+    entries = ["[::1]:1884", "a:1883", "b", "fe80::2"]
+    assert config.validate({"mqtt": {"hosts": entries}}).mqtt.hosts == tuple(entries)

@@ -20,7 +20,7 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class MqttConfig:
-    host: str = setting("localhost", "host", "broker host name or address")
+    host: str = setting("localhost", "host", "broker host name or address (its port: mqtt.port)")
     port: int = setting(1883, "int", "broker port", low=1, high=65535)
     hosts: tuple[str, ...] = setting((), "hosts", "the nodes of one broker cluster, as "
                                      "host or host:port (port: mqtt.port); when set, used "
