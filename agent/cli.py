@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_NOT_ADAPTED, MaskwatchError, UsageError
+from .errors import EXIT_FAILURE, EXIT_NOT_ADAPTED, MaskwatchError, SourceError, UsageError
 from .vision.models import DETECTOR_FILES, OPTIONAL
 from .vision.predict import annotate, detect_result, read_image_file
 
@@ -200,6 +200,19 @@ def cmd_bench_track(args) -> int:
     from .bench.tracking import bench_tracking
 
     return bench_tracking(load_config(args), Path(args.voc), Path(args.video), args.out)
+
+
+def cmd_bench_soak(args) -> int:
+    from .bench.soak import bench_soak
+
+    load_config(args)  # a bad config is exit 78 here, not in the child a minute later
+    if args.every < 1:
+        raise UsageError(f"--every {args.every:g}: the agent sends stats at most once a second")
+    if not Path(args.video).is_file():
+        raise SourceError(f"{args.video}: no such video file")
+    settings = (["--config", args.config] if args.config else []) + [
+        arg for kv in args.set for arg in ("--set", kv)]
+    return bench_soak(args.video, args.minutes, args.every, args.out, settings)
 
 
 def cmd_bench_fleet(args) -> int:
@@ -471,6 +484,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="a street clip: the background, and the people counts")
     p.add_argument("--out", default="bench/tracking.json")
     p.set_defaults(func=cmd_bench_track)
+
+    p = sub.add_parser("bench-soak", help="the agent's memory over a long run: the real agent "
+                       "on a looped clip, delivering to a Mosquitto on loopback; RSS "
+                       "(anonymous and file-backed), frames, people and outbox depth over time, "
+                       "and the slope of anonymous memory in MB an hour")
+    common(p)
+    p.add_argument("video", help="a clip, looped as a camera never ends")
+    p.add_argument("--minutes", type=positive_arg, default=30.0)
+    p.add_argument("--every", type=positive_arg, default=30.0, metavar="SECONDS",
+                   help="sample every this many seconds (at least 1)")
+    p.add_argument("--out", default="bench/soak.json")
+    p.set_defaults(func=cmd_bench_soak)
 
     p = sub.add_parser("bench-fleet", help="simulated devices (the agent's own outbox and "
                        "publisher) on a real broker through a fault: node-kill (3-node NATS "

@@ -16,6 +16,7 @@ def test_check_config_without_a_file_names_the_defaults():
 
 
 @pytest.mark.parametrize("command", [["bench", "/no/such/video.mp4"],
+                                     ["bench-soak", "/no/such/video.mp4"],
                                      ["bench-detect", "/no/such/folder"]])
 def test_a_missing_bench_input_is_66_before_any_work(command):
     result = subprocess.run(agent_command(*command), capture_output=True, text=True, timeout=60)

@@ -69,10 +69,10 @@ def timings(call, runs: int, warmup: int = 20) -> list[float]:
     return times
 
 
-def proc_status_mb(*keys: str) -> dict[str, float] | None:
-    """Memory fields of /proc/self/status in MB (Linux; None elsewhere)."""
+def proc_status_mb(*keys: str, pid: int | str = "self") -> dict[str, float] | None:
+    """Memory fields of /proc/<pid>/status in MB (Linux; None elsewhere)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             rows = [line.split() for line in f if line.split(":")[0] in keys]
     except OSError:
         return None
