@@ -32,6 +32,7 @@ from .metrics import format_report, full_report, plot_confusion
 from .model import build_backbone, build_model, features, unfreeze_top
 
 HARD_COPIES = 2  # augmented copies of each validation photo for the operating point
+THRESHOLD_FLOOR = 0.05  # the lowest no-mask threshold train chooses
 
 
 @dataclass
@@ -94,9 +95,6 @@ def crops_for(samples: list[Sample], cropper: FaceCropper, copies: int, seed: in
 def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
     counts = np.bincount(y, minlength=n).astype(float)
     return {i: float(len(y) / (n * c)) if c else 0.0 for i, c in enumerate(counts)}
-
-
-THRESHOLD_FLOOR = 0.05  # the lowest no-mask threshold train chooses
 
 
 def choose_no_mask_threshold(scores: np.ndarray, y: np.ndarray, labels: list[str],
