@@ -206,8 +206,9 @@ def cmd_bench_soak(args) -> int:
     from .bench.soak import bench_soak
 
     load_config(args)  # a bad config is exit 78 here, not in the child a minute later
-    if args.every < 1:
-        raise UsageError(f"--every {args.every:g}: the agent sends stats at most once a second")
+    if args.every < 2:
+        raise UsageError(f"--every {args.every:g}: at least 2 (the agent sends stats twice "
+                         "a period, at most once a second)")
     if not Path(args.video).is_file():
         raise SourceError(f"{args.video}: no such video file")
     settings = (["--config", args.config] if args.config else []) + [
@@ -493,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="a clip, looped as a camera never ends")
     p.add_argument("--minutes", type=positive_arg, default=30.0)
     p.add_argument("--every", type=positive_arg, default=30.0, metavar="SECONDS",
-                   help="sample every this many seconds (at least 1)")
+                   help="sample every this many seconds (at least 2)")
     p.add_argument("--out", default="bench/soak.json")
     p.set_defaults(func=cmd_bench_soak)
 

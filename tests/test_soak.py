@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from maskwatch.agent.bench.soak import slope_mb_per_hour
+from maskwatch.agent.bench.soak import slope_mb_per_hour, stalled
 from maskwatch.agent.demo import DEMO_CLIP
 
 from .conftest import agent_command, mosquitto_binary
@@ -14,8 +14,8 @@ from .conftest import agent_command, mosquitto_binary
 def test_bench_soak_samples_the_agents_memory_and_delivery(tmp_path):
     mosquitto_binary()  # the bench starts its own: fail in CI, skip elsewhere without it
     out = tmp_path / "soak.json"
-    result = subprocess.run(agent_command("bench-soak", str(DEMO_CLIP), "--minutes", "0.25",
-                                          "--every", "1", "--out", str(out)),
+    result = subprocess.run(agent_command("bench-soak", str(DEMO_CLIP), "--minutes", "0.4",
+                                          "--every", "2", "--out", str(out)),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -37,3 +37,11 @@ def test_a_leak_is_a_rising_slope_and_a_flat_line_none():
     assert slope_mb_per_hour(steady) == 0.0
     assert slope_mb_per_hour(leaking) == 6.0  # 0.1 MB a minute
     assert slope_mb_per_hour(steady[:1]) is None
+
+
+def test_an_agent_that_processes_no_frame_is_stuck_not_steady():
+    """A stuck agent's memory is flat too (its stderr pipe once filled and stopped it)."""
+    first, moving, frozen = ({"frames": n} for n in (4435, 9000, 9000))
+    assert not stalled([], first) and not stalled([first], moving)
+    assert stalled([first, moving], frozen)
+    assert not stalled([first], {"frames": None})  # no stats yet: nothing to judge by

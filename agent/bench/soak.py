@@ -5,9 +5,10 @@ The real agent (`mask-agent run`, a child process, its config and `--set`s) read
 looped, as a camera never ends, and delivers to a Mosquitto started on loopback. Every
 `every_s` the bench reads the agent's RSS from /proc (anonymous: its own heap, frames and
 tensors; file-backed: library pages) and its `stats` message (frames, people, outbox
-depth). A leak shows as anonymous memory that keeps rising after the first minutes: the
-bench fits a line through the second half of the samples and prints its slope in MB an
-hour. The outbox depth shows whether delivery keeps up.
+depth; sent twice a period): an agent that processed no frame since the last sample is
+stuck, and the bench stops and says so. A leak shows as anonymous memory that keeps rising
+after the first minutes: the bench fits a line through the second half of the samples and
+prints its slope in MB an hour. The outbox depth shows whether delivery keeps up.
 """
 
 from __future__ import annotations
@@ -41,15 +42,18 @@ def _stats_listener(port: int) -> tuple[mqtt.Client, dict]:
     return client, latest
 
 
-def _agent(video: str, port: int, state: Path, every_s: float,
+def _agent(video: str, port: int, work: Path, every_s: float,
            settings: list[str]) -> subprocess.Popen:
+    """The agent, its log in `work`/agent.log (a pipe nobody reads while it runs would
+    fill with its event lines and stop it)."""
+    state = work / "state"
     overrides = ["source.loop=true", f"mqtt.port={port}", "mqtt.host=127.0.0.1",
                  f"state_dir={state}", f"device_id={DEVICE}",
-                 f"mqtt.stats_interval_s={every_s:g}", "homeassistant.enabled=false"]
+                 f"mqtt.stats_interval_s={every_s / 2:g}", "homeassistant.enabled=false"]
     command = [sys.executable, "-m", "maskwatch.agent", "run", "--source", video,
                *settings, *(arg for o in overrides for arg in ("--set", o))]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    with open(work / "agent.log", "wb") as log:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def _sample(agent: subprocess.Popen, started: float, stats: dict) -> dict | None:
@@ -62,6 +66,13 @@ def _sample(agent: subprocess.Popen, started: float, stats: dict) -> dict | None
             "file_mb": memory["RssFile"], "frames": stats.get("frames"),
             "people": sum(people.values()) if isinstance(people, dict) else None,
             "outbox_depth": stats.get("outbox_depth")}
+
+
+def stalled(before: list[dict], sample: dict) -> bool:
+    """No frame since the last sample (stats come twice a sample period): a stuck agent
+    holds its memory flat, which must not pass for the absence of a leak."""
+    return bool(before) and sample["frames"] is not None and \
+        sample["frames"] == before[-1]["frames"]
 
 
 def slope_mb_per_hour(samples: list[dict], key: str = "anon_mb") -> float | None:
@@ -82,14 +93,14 @@ def bench_soak(video: str, minutes: float, every_s: float, out: str,
     with tempfile.TemporaryDirectory(prefix="maskwatch-soak-") as work:
         broker = Mosquitto(Path(work)).start()
         listener, stats = _stats_listener(broker.nodes[0].port)
-        agent = _agent(video, broker.nodes[0].port, Path(work) / "state", every_s, settings)
+        agent = _agent(video, broker.nodes[0].port, Path(work), every_s, settings)
         started, samples = time.monotonic(), []
         try:
             print("minutes  frames  people  RSS MB  anon MB  file MB  outbox", flush=True)
             while time.monotonic() - started < minutes * 60:
                 time.sleep(every_s)  # the sampling period itself, not a wait for readiness
                 sample = _sample(agent, started, stats)
-                if sample is None:
+                if sample is None or stalled(samples, sample):
                     break
                 samples.append(sample)
                 print(f"{sample['minutes']:7.2f} {sample['frames'] or 0:7} "
@@ -99,12 +110,17 @@ def bench_soak(video: str, minutes: float, every_s: float, out: str,
                       flush=True)
         finally:
             agent.terminate()
-            _, err = agent.communicate(timeout=60)
+            agent.wait(timeout=60)
             listener.loop_stop()
             broker.stop()
+            last_line = (Path(work) / "agent.log").read_text(errors="replace").strip()
+            last_line = last_line.splitlines()[-1] if last_line else ""
+    if samples and stalled(samples[:-1], samples[-1]):
+        print(f"bench-soak: the agent processed no frame in {every_s:g} s: it is stuck, and "
+              "its memory says nothing of a run", file=sys.stderr)
+        return 1
     if agent.returncode not in (0, -15) or not samples:
-        tail = err.strip().splitlines()[-1:] if err else []
-        print(f"bench-soak: the agent ended (exit {agent.returncode}): {' '.join(tail)}",
+        print(f"bench-soak: the agent ended (exit {agent.returncode}): {last_line}",
               file=sys.stderr)
         return 1
     result = {"video": video, "minutes": minutes, "every_s": every_s, "settings": settings,
