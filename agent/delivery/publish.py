@@ -231,6 +231,11 @@ class Publisher:
     def is_connected(self) -> bool:
         return self.connected.is_set()
 
+    @property
+    def connected_since(self) -> float:
+        """time.monotonic() of the last accepted connection (0: none yet)."""
+        return self._connected_at
+
     # --- publishing ------------------------------------------------------------------
     def queue(self, topic: str, payload: bytes | str, qos: int = 1) -> int:
         """Queue a message through the outbox (at least once, in order, kept over outages)."""
