@@ -100,7 +100,7 @@ def bench_soak(video: str, minutes: float, every_s: float, out: str,
             while time.monotonic() - started < minutes * 60:
                 time.sleep(every_s)  # the sampling period itself, not a wait for readiness
                 sample = _sample(agent, started, stats)
-                if sample is None or stalled(samples, sample):
+                if sample is None:
                     break
                 samples.append(sample)
                 print(f"{sample['minutes']:7.2f} {sample['frames'] or 0:7} "
@@ -108,6 +108,8 @@ def bench_soak(video: str, minutes: float, every_s: float, out: str,
                       f"{sample['anon_mb']:8.1f} {sample['file_mb']:8.1f} "
                       f"{sample['outbox_depth'] if sample['outbox_depth'] is not None else '-':>7}",
                       flush=True)
+                if stalled(samples[:-1], sample):  # said and exit 1 below
+                    break
         finally:
             agent.terminate()
             agent.wait(timeout=60)
