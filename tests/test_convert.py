@@ -22,9 +22,9 @@ WEIGHTS_035 = "weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_
 WEIGHTS_100 = "weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
-def convert(*args, timeout=600):
+def convert(*args, timeout=600, env=None):
     return subprocess.run([sys.executable, "-m", "maskwatch.convert", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +152,8 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_exit_69(tiny_da
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"),
            "https_proxy": f"http://127.0.0.1:{free_port()}", "no_proxy": ""}
     env["HTTPS_PROXY"] = env["https_proxy"]
-    result = subprocess.run(
-        [sys.executable, "-m", "maskwatch.convert", "train", str(tiny_data), "--out",
-         str(tmp_path / "run"), "--detector-model", "none", "--weights", "imagenet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    result = convert("train", str(tiny_data), "--out", str(tmp_path / "run"),
+                     "--detector-model", "none", "--weights", "imagenet", env=env)
     assert result.returncode == 69, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("mask-convert")]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
