@@ -1,7 +1,9 @@
 """Class-folder datasets: scan several roots, drop exact duplicates, split by class.
 
 A root holds one folder per class (`with_mask`, `without_mask`, any extra such as
-`mask_weared_incorrect`); several roots merge by class name. Exact duplicates (same
+`mask_weared_incorrect`); several roots merge by class name. Other data sets' names for
+the same classes (`WithMask`, `mask`, `no_mask`, ...) are read as ours: a model whose no-mask
+class had another name would run, and never raise an alert. Exact duplicates (same
 bytes) are found by SHA-256 and kept once, so a photo can never sit on both sides of
 the train/validation split (prajnasb alone has ~90 such files).
 """
@@ -14,7 +16,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskwatch.agent.vision.decision import INCORRECT, MASK, NO_MASK
+from maskwatch.agent.vision.decision import (
+    INCORRECT,
+    LABEL_ALIASES,
+    MASK,
+    NO_MASK,
+    canonical_label,
+)
 from maskwatch.agent.vision.predict import IMAGE_SUFFIXES
 
 from .errors import ConvertError
@@ -35,6 +43,7 @@ class Dataset:
     samples: list[Sample]
     labels: list[str]
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dropped, kept)
+    read_as: dict[str, str] = field(default_factory=dict)  # folder name -> our class name
 
     def counts(self) -> dict[str, int]:
         found = Counter(s.label for s in self.samples)
@@ -45,13 +54,16 @@ class Dataset:
         for s in self.samples:
             by_source.setdefault(s.source, Counter())[s.label] += 1
         digest = hashlib.sha256("".join(sorted(s.sha256 for s in self.samples)).encode())
-        return {
+        summary = {
             "images": len(self.samples),
             "classes": self.counts(),
             "sources": {k: dict(v) for k, v in sorted(by_source.items())},
             "exact_duplicates_dropped": len(self.duplicates),
             "content_sha256": digest.hexdigest(),
         }
+        if self.read_as:  # folders named as another data set names them
+            summary["class_folders_read_as"] = dict(sorted(self.read_as.items()))
+        return summary
 
 
 def order_labels(names: set[str]) -> list[str]:
@@ -64,26 +76,71 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def class_folders(root: Path) -> list[Path]:
+    """A data root's class folders. Hidden folders and `__MACOSX` (what unzipping an
+    archive made on a Mac leaves beside the photos) are no classes."""
+    return [d for d in sorted(root.iterdir())
+            if d.is_dir() and not d.name.startswith((".", "__MACOSX"))]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Photos in a class folder; macOS' `._name.jpg` companions are not photos."""
+    return [p for p in sorted(folder.iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+
+
+def no_images_message(empty: list[Path]) -> str:
+    """Class folders without photos; where they hold folders, the data folder given was
+    one level too high (Kaggle's archives hold Train/WithMask/...)."""
+    message = f"class folder(s) with no images: {', '.join(str(d) for d in empty)}"
+    for folder in empty:
+        inner = class_folders(folder)
+        if inner:
+            return (f"{message} ({folder} holds folders: give the folder that holds the "
+                    f"class folders, e.g. {inner[0]})")
+    return message
+
+
+def missing_classes_message(roots: list[str | Path], labels: list[str],
+                            missing: list[str]) -> str:
+    """What a data set without a mask or a no-mask class lacks, and the names read as them."""
+    also = "; ".join(f"{label}: {', '.join(LABEL_ALIASES[label][:3])}"
+                     for label in (MASK, NO_MASK))
+    return (f"{', '.join(map(str, roots))}: no {' and no '.join(missing)} class folder "
+            f"(found {', '.join(labels)}): a mask classifier needs with_mask and without_mask "
+            f"(also read as them, ignoring case, spaces, - and _: {also})")
+
+
 def scan(roots: list[str | Path], classes: list[str] | None = None) -> Dataset:
     """Merge class folders from `roots`; raise ConvertError on empty or one-class data."""
     found: dict[str, list[tuple[Path, str]]] = {}
+    empty: list[Path] = []
+    read_as: dict[str, str] = {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise ConvertError(f"data folder not found: {root}")
-        class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
+        class_dirs = class_folders(root)
         if not class_dirs:
             raise ConvertError(f"data folder {root} has no class folders")
         for class_dir in class_dirs:
-            if classes is not None and class_dir.name not in classes:
+            label = canonical_label(class_dir.name)
+            if classes is not None and label not in map(canonical_label, classes):
                 continue
-            files = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-            found.setdefault(class_dir.name, []).extend((p, root.name) for p in files)
-    labels = order_labels({k for k, v in found.items() if v})
-    empty = sorted(k for k, v in found.items() if not v)
+            files = image_files(class_dir)
+            if label != class_dir.name:
+                read_as[class_dir.name] = label
+            if not files:
+                empty.append(class_dir)
+            found.setdefault(label, []).extend((p, root.name) for p in files)
+    empty = [d for d in empty if not found[canonical_label(d.name)]]  # none in any root
     if empty:
-        raise ConvertError(f"class folder(s) with no images: {', '.join(empty)}")
+        raise ConvertError(no_images_message(empty))
+    labels = order_labels({k for k, v in found.items() if v})
     if len(labels) < 2:
         raise ConvertError(f"need at least two classes with images, found: {labels or 'none'}")
+    missing = [label for label in (MASK, NO_MASK) if label not in labels]
+    if missing:
+        raise ConvertError(missing_classes_message(roots, labels, missing))
     seen: dict[str, Path] = {}
     samples: list[Sample] = []
     duplicates: list[tuple[str, str]] = []
@@ -95,7 +152,7 @@ def scan(roots: list[str | Path], classes: list[str] | None = None) -> Dataset:
                 continue
             seen[digest] = path
             samples.append(Sample(path, label, source, digest))
-    return Dataset(samples, labels, duplicates)
+    return Dataset(samples, labels, duplicates, read_as)
 
 
 def stratified_split(samples: list[Sample], val_fraction: float,

@@ -194,6 +194,8 @@ def train(opts: TrainOptions) -> dict:
     started = time.time()
     check_output_dir(opts.out)
     dataset = scan(opts.data, opts.classes)
+    for name, label in sorted(dataset.read_as.items()):
+        print(f"class folder {name} read as {label}")
     samples = limit_per_class(dataset.samples, opts.limit, opts.seed)
     train_set, val_set = stratified_split(samples, opts.val_fraction, opts.seed)
     labels = dataset.labels

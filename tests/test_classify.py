@@ -118,6 +118,28 @@ def test_mismatched_labels_are_refused(tmp_path):
         Classifier(bundle)
 
 
+def test_labels_other_data_sets_use_are_read_as_ours(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["labels"] = ["mask", "no_mask"]  # what `mask/`, `no_mask/` folders trained
+    (bundle / "model.json").write_text(json.dumps(meta))
+    assert Classifier(bundle).labels == [MASK, NO_MASK]  # so its alerts fire
+
+
+@pytest.mark.parametrize("labels", [["mask_on", "mask_off"], ["with_mask", "masked"]])
+def test_a_model_without_one_mask_and_one_no_mask_label_is_exit_78(tmp_path, labels):
+    bundle = copy_bundle(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["labels"] = labels
+    (bundle / "model.json").write_text(json.dumps(meta))
+    result = subprocess.run(agent_command("classify", "x.jpg", "--set",
+                                          f"classify.model={bundle}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.count("\n") == 1
+    assert f"labels {', '.join(labels)}: the agent needs one with_mask" in result.stderr
+
+
 @pytest.mark.parametrize("content,message", [
     (None, "bundle not found"),
     ("{not json", "not valid JSON"),

@@ -56,6 +56,42 @@ def test_classes_filter(two_roots):
     assert data.labels == ["with_mask", "without_mask"]
 
 
+def test_other_data_sets_class_folder_names_are_read_as_ours(tmp_path):
+    root = tmp_path / "kaggle"
+    for i in range(3):
+        make_image(root / "WithMask" / f"m{i}.png", i)
+        make_image(root / "Without Mask" / f"n{i}.png", 100 + i)
+        make_image(root / "incorrect-mask" / f"x{i}.png", 200 + i)
+    (root / "WithMask" / "._m0.png").write_bytes(b"\x00\x05\x16\x07")  # macOS companion
+    make_image(root / "__MACOSX" / "WithMask" / "._m1.png", 9)
+    make_image(root / ".thumbnails" / "t.png", 9)
+    data = scan([root])
+    assert data.labels == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert data.counts() == {"with_mask": 3, "without_mask": 3, "mask_weared_incorrect": 3}
+    assert data.summary()["class_folders_read_as"] == {
+        "Without Mask": "without_mask", "WithMask": "with_mask",
+        "incorrect-mask": "mask_weared_incorrect"}
+
+
+def test_a_data_set_without_a_no_mask_class_is_refused(tmp_path):
+    root = tmp_path / "data"
+    for i in range(3):
+        make_image(root / "mask" / f"m{i}.png", i)
+        make_image(root / "mask_off" / f"n{i}.png", 100 + i)
+    with pytest.raises(ConvertError, match="no without_mask class folder .found with_mask, "
+                                           "mask_off.: a mask classifier needs"):
+        scan([root])
+
+
+def test_a_data_folder_one_level_too_high_is_named(tmp_path):
+    root = tmp_path / "archive"
+    make_image(root / "Train" / "WithMask" / "m.png", 1)
+    make_image(root / "Train" / "WithoutMask" / "n.png", 2)
+    with pytest.raises(ConvertError, match="Train holds folders: give the folder that holds "
+                                           "the class folders, e.g. .*Train/WithMask"):
+        scan([root])
+
+
 @pytest.mark.parametrize("setup,message", [
     (lambda r: None, "not found"),
     (lambda r: r.mkdir(), "no class folders"),

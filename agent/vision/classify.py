@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .decision import NO_MASK, decide
+from .decision import MASK, NO_MASK, canonical_label, decide
 from .head import BUNDLE_HEAD, Head, HeadFile
 from .models import sha256_file
 from .preprocess import Box, CropSpec, face_input
@@ -53,6 +53,19 @@ class BundleInfo:
                 "version": self.meta.get("version")}
 
 
+def checked_labels(names: list[str], meta_path: Path) -> list[str]:
+    """The bundle's labels as the agent names them (`mask` / `no_mask`, `WithMask` / ...
+    read as `with_mask` / `without_mask`). A model with no no-mask class would run and
+    never raise an alert: it is refused, as is a label named twice."""
+    labels = [canonical_label(name) for name in names]
+    missing = [label for label in (MASK, NO_MASK) if label not in labels]
+    if missing or len(set(labels)) != len(labels):
+        raise ModelError(
+            f"model bundle {meta_path}: labels {', '.join(names)}: the agent needs one "
+            f"{MASK} and one {NO_MASK} label (its alerts are on {NO_MASK})")
+    return labels
+
+
 def read_bundle(location: str | Path | None) -> BundleInfo:
     """Read and validate a bundle folder, its model.json, or a .tflite beside model.json."""
     location = Path(location) if location else DEFAULT_BUNDLE
@@ -75,6 +88,7 @@ def read_bundle(location: str | Path | None) -> BundleInfo:
         expected = str(meta["sha256"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model bundle {meta_path} lacks a valid field: {exc}") from None
+    labels = checked_labels(labels, meta_path)
     if not tflite.is_file():
         raise ModelError(f"model file not found: {tflite} (named in {meta_path})")
     actual = sha256_file(tflite)

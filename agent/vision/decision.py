@@ -14,6 +14,26 @@ MASK = "with_mask"
 NO_MASK = "without_mask"
 INCORRECT = "mask_weared_incorrect"  # the spelling of the public data sets
 
+# Class folder names other data sets use, read as ours (compared lower-case, without
+# spaces, "-" and "_"): Kaggle's WithMask / WithoutMask, mask / no_mask, and the like. A
+# model whose no-mask class is not called `without_mask` would never raise an alert.
+LABEL_ALIASES = {
+    MASK: ("withmask", "mask", "masked", "masks"),
+    NO_MASK: ("withoutmask", "nomask", "unmasked", "nomasks", "withoutmasks"),
+    INCORRECT: ("maskwearedincorrect", "maskwornincorrect", "maskwornincorrectly",
+                "incorrectmask", "incorrectlyworn", "incorrect"),
+}
+
+
+def canonical_label(name: str) -> str:
+    """The class a folder name stands for: ours where it is one of its aliases, else the
+    name itself (an extra class of the practitioner's own)."""
+    key = "".join(ch for ch in name.lower() if ch not in " -_")
+    for label, aliases in LABEL_ALIASES.items():
+        if key in aliases:
+            return label
+    return name
+
 
 def decide(scores: np.ndarray, labels: list[str], no_mask_threshold: float | None) -> int:
     """Index of the decided label for one row of class scores."""
