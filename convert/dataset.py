@@ -76,39 +76,38 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def hidden(name: str) -> bool:
+    """Hidden files and folders, `__MACOSX` and macOS' `._photo.jpg` companions (what
+    an archive made on a Mac leaves beside the photos) are no classes and no photos."""
+    return name.startswith((".", "__MACOSX"))
+
+
 def class_folders(root: Path) -> list[Path]:
-    """A data root's class folders. Hidden folders and `__MACOSX` (what unzipping an
-    archive made on a Mac leaves beside the photos) are no classes."""
-    return [d for d in sorted(root.iterdir())
-            if d.is_dir() and not d.name.startswith((".", "__MACOSX"))]
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not hidden(d.name)]
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Photos in a class folder; macOS' `._name.jpg` companions are not photos."""
-    return [p for p in sorted(folder.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
-
-
-def no_images_message(empty: list[Path]) -> str:
-    """Class folders without photos; where they hold folders, the data folder given was
-    one level too high (Kaggle's archives hold Train/WithMask/...)."""
-    message = f"class folder(s) with no images: {', '.join(str(d) for d in empty)}"
-    for folder in empty:
-        inner = class_folders(folder)
-        if inner:
-            return (f"{message} ({folder} holds folders: give the folder that holds the "
-                    f"class folders, e.g. {inner[0]})")
-    return message
+    """Photos in a class folder and the folders inside it (as Keras reads class folders:
+    real data sets keep one folder a person inside each class)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(hidden(part) for part in p.relative_to(folder).parts))
 
 
 def missing_classes_message(roots: list[str | Path], labels: list[str],
                             missing: list[str]) -> str:
-    """What a data set without a mask or a no-mask class lacks, and the names read as them."""
+    """What a data set without a mask or a no-mask class lacks, the names read as them,
+    and where a folder given was one level too high (Kaggle's archives hold
+    Train/WithMask/...), the folder to give instead."""
     also = "; ".join(f"{label}: {', '.join(LABEL_ALIASES[label][:3])}"
                      for label in (MASK, NO_MASK))
-    return (f"{', '.join(map(str, roots))}: no {' and no '.join(missing)} class folder "
-            f"(found {', '.join(labels)}): a mask classifier needs with_mask and without_mask "
-            f"(also read as them, ignoring case, spaces, - and _: {also})")
+    message = (f"{', '.join(map(str, roots))}: no {' and no '.join(missing)} class folder "
+               f"(found {', '.join(labels)}): a mask classifier needs with_mask and "
+               f"without_mask (also read as them, ignoring case, spaces, - and _: {also})")
+    for folder in (d for root in map(Path, roots) for d in class_folders(root)):
+        if any(canonical_label(inner.name) in missing for inner in class_folders(folder)):
+            return f"{message}; {folder} holds class folders: give it instead"
+    return message
 
 
 def scan(roots: list[str | Path], classes: list[str] | None = None) -> Dataset:
@@ -134,7 +133,7 @@ def scan(roots: list[str | Path], classes: list[str] | None = None) -> Dataset:
             found.setdefault(label, []).extend((p, root.name) for p in files)
     empty = [d for d in empty if not found[canonical_label(d.name)]]  # none in any root
     if empty:
-        raise ConvertError(no_images_message(empty))
+        raise ConvertError(f"class folder(s) with no images: {', '.join(map(str, empty))}")
     labels = order_labels({k for k, v in found.items() if v})
     if len(labels) < 2:
         raise ConvertError(f"need at least two classes with images, found: {labels or 'none'}")

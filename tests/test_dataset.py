@@ -83,12 +83,23 @@ def test_a_data_set_without_a_no_mask_class_is_refused(tmp_path):
         scan([root])
 
 
+def test_photos_in_folders_inside_a_class_folder_are_read(tmp_path):
+    root = tmp_path / "rmfd"  # one folder a person, as real masked-face sets keep them
+    for i in range(4):
+        make_image(root / "with_mask" / f"person{i % 2}" / f"m{i}.png", i)
+        make_image(root / "without_mask" / f"person{i % 2}" / f"n{i}.png", 100 + i)
+    make_image(root / "with_mask" / "__MACOSX" / "person0" / "._m0.png", 7)
+    assert scan([root]).counts() == {"with_mask": 4, "without_mask": 4}
+
+
 def test_a_data_folder_one_level_too_high_is_named(tmp_path):
     root = tmp_path / "archive"
-    make_image(root / "Train" / "WithMask" / "m.png", 1)
-    make_image(root / "Train" / "WithoutMask" / "n.png", 2)
-    with pytest.raises(ConvertError, match="Train holds folders: give the folder that holds "
-                                           "the class folders, e.g. .*Train/WithMask"):
+    for split in ("Train", "Test"):
+        make_image(root / split / "WithMask" / "m.png", 1)
+        make_image(root / split / "WithoutMask" / "n.png", 2)
+    with pytest.raises(ConvertError, match="no with_mask and no without_mask class folder "
+                                           r"\(found Test, Train\).*; .*Test holds class "
+                                           "folders: give it instead"):
         scan([root])
 
 
