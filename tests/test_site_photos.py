@@ -19,6 +19,7 @@ import pytest
 from maskwatch.agent.config import load
 from maskwatch.agent.errors import ModelError
 from maskwatch.agent.factory import detector_from
+from maskwatch.agent.site.photos import labelled_paths
 from maskwatch.agent.site.threshold import fit_threshold, threshold_grid
 from maskwatch.agent.vision.detect import subject_faces
 from maskwatch.agent.vision.tuning import (
@@ -90,6 +91,15 @@ def labelled(shared, tmp_path, hidden: tuple[str, ...], per_class: int = 20):
         for name in names:
             shutil.copy(source / label / name, out / label / name)
     return out
+
+
+def test_labelled_folders_named_as_other_data_sets_name_them_are_read(tmp_path):
+    for name in ("WithMask", "no_mask", "unsorted"):
+        (tmp_path / name).mkdir()
+        cv2.imwrite(str(tmp_path / name / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "no_mask" / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS companion
+    assert [(p.parent.name, value) for p, value in labelled_paths(tmp_path)] == [
+        ("WithMask", 0), ("no_mask", 1)]
 
 
 def test_photos_without_a_single_face_are_left_out_and_named(shared, tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import MaskwatchError, UsageError
 from ..vision.classify import Classifier
-from ..vision.decision import MASK, NO_MASK
+from ..vision.decision import MASK, NO_MASK, canonical_label
 from ..vision.detect import Detector, Face, Thresholded, subject_faces
 from ..vision.predict import IMAGE_SUFFIXES, read_image_file
 from ..vision.preprocess import area, face_input
@@ -47,12 +47,16 @@ class LabelledPhotos:
 
 
 def labelled_paths(folder: Path) -> list[tuple[Path, int]]:
-    """(photo, 1 = without_mask) of `folder/with_mask/*` and `folder/without_mask/*`."""
+    """(photo, 1 = without_mask) of `folder/with_mask/*` and `folder/without_mask/*`
+    (or folders named as other data sets name them: `mask/`, `no_mask/`, ...)."""
     if not folder.is_dir():
         raise UsageError(f"--labels {folder}: not a folder")
-    found = [(path, value) for value, name in ((0, MASK), (1, NO_MASK))
-             for path in (sorted((folder / name).glob("*")) if (folder / name).is_dir() else [])
-             if path.suffix.lower() in IMAGE_SUFFIXES]
+    values = {MASK: 0, NO_MASK: 1}
+    found = [(path, values[canonical_label(sub.name)])
+             for sub in sorted(folder.iterdir())
+             if sub.is_dir() and canonical_label(sub.name) in values
+             for path in sorted(sub.glob("*"))
+             if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")]
     if not found:
         raise UsageError(f"--labels {folder}: no images in {folder}/{MASK} or "
                          f"{folder}/{NO_MASK}")
