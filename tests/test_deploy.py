@@ -195,3 +195,21 @@ def test_ci_runs_the_readme_commands():
     assert "deploy/python-versions-check.sh" in ci  # 3.9 and 3.13 beside 3.11
     assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/mask-agent demo" \
         in readme  # the first command: works with no camera, broker or ../shared
+
+
+@pytest.mark.parametrize("platform,machine,tensorflow", [
+    ("linux", "x86_64", "tensorflow-cpu"), ("win32", "AMD64", "tensorflow-cpu"),
+    ("darwin", "arm64", "tensorflow"), ("darwin", "x86_64", "tensorflow"),
+    ("linux", "aarch64", "tensorflow"),  # tensorflow-cpu has no wheel on these
+])
+def test_the_convert_extra_asks_for_a_tensorflow_that_has_wheels_there(platform, machine,
+                                                                       tensorflow):
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    asked = [Requirement(line) for line in project["optional-dependencies"]["convert"]]
+    env = {"sys_platform": platform, "platform_machine": machine, "extra": "convert"}
+    names = [r.name for r in asked if r.marker is None or r.marker.evaluate(env)]
+    assert [n for n in names if n.startswith("tensorflow")] == [tensorflow]
+    assert not any("tensorflow" in line for line in project["dependencies"])  # the device
