@@ -59,6 +59,11 @@ if [ "$UNINSTALL" = 1 ]; then
 fi
 
 [ "$(id -u)" = 0 ] || [ -n "$ROOT" ] || die "run as root (sudo), or use --root DIR"
+# 32-bit Raspberry Pi OS (often on a 64-bit kernel, so `uname -m` says aarch64) gets no
+# wheels of ai-edge-litert or opencv-python-headless: say so before minutes of apt and pip.
+[ "$(getconf LONG_BIT)" = 64 ] || die "maskwatch needs a 64-bit system (arm64 or x86_64):" \
+  "this one is $(getconf LONG_BIT)-bit ($(uname -m) kernel), and PyPI has no 32-bit ARM" \
+  "wheels of ai-edge-litert or opencv-python-headless; install Raspberry Pi OS (64-bit)"
 
 if [ "$APT" = 1 ]; then
   echo "== system packages"

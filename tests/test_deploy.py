@@ -72,6 +72,25 @@ def installed(tmp_path_factory, shared):
     return root, cmd, checkout, before
 
 
+def test_a_32_bit_system_is_told_in_one_line_before_any_work(tmp_path):
+    """This machine is 64-bit: a `getconf` that says 32, as on 32-bit Raspberry Pi OS (whose
+    kernel is often 64-bit), stands in for a 32-bit system."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "getconf").write_text("#!/bin/sh\necho 32\n")
+    (fake / "getconf").chmod(0o755)
+    root = tmp_path / "root"
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "install.sh"), "--root", str(root), "--no-apt",
+         "--no-systemctl"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "needs a 64-bit system (arm64 or x86_64): this one is 32-bit" in result.stderr
+    assert not (root / "opt").exists()  # no apt, no virtualenv
+
+
 def test_installer_leaves_the_checkout_as_it_was(installed):
     """`sudo deploy/install.sh` from a user's clone: pip's in-tree build left a root-owned
     maskwatch.egg-info/ and build/ there, and the user's own `pip install -e .` then
