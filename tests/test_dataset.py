@@ -133,3 +133,10 @@ def test_voc_reader_on_written_annotation(tmp_path):
         "</object></annotation>")
     (face,) = read_voc(tmp_path)
     assert face.label == "without_mask" and face.box == (5, 6, 20, 24) and face.size == 24
+    # other annotated sets name the classes their own way (Roboflow's "mask" / "no-mask")
+    for name, label in (("no-mask", "without_mask"), ("Mask", "with_mask")):
+        (tmp_path / "annotations" / "s1.xml").write_text(
+            f"<annotation><filename>s1.png</filename><object><name>{name}</name>"
+            "<bndbox><xmin>5</xmin><ymin>6</ymin><xmax>25</xmax><ymax>30</ymax></bndbox>"
+            "</object></annotation>")
+        assert read_voc(tmp_path)[0].label == label

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, SourceError
+from .decision import canonical_label
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def read_annotation(xml_path: Path, images: Path) -> tuple[Path, list[VocFace]]:
         x0, y0, x1, y1 = (int(round(float(box.findtext(k, "0"))))
                           for k in ("xmin", "ymin", "xmax", "ymax"))
         if x1 > x0 and y1 > y0:
-            faces.append(VocFace(image, (obj.findtext("name") or "").strip(),
+            # "mask", "no-mask", ... as other annotated sets name them: read as ours
+            faces.append(VocFace(image, canonical_label((obj.findtext("name") or "").strip()),
                                  (x0, y0, x1 - x0, y1 - y0)))
     return image, faces
 
