@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .errors import EXIT_FAILURE, EXIT_NOT_ADAPTED, MaskwatchError, SourceError, UsageError
 from .vision.models import DETECTOR_FILES, OPTIONAL
-from .vision.predict import annotate, detect_result, read_image_file
+from .vision.predict import annotate, detect_result, image_paths, read_image_file
 
 if TYPE_CHECKING:
     from .config import Config
@@ -67,12 +67,25 @@ def cmd_check_config(args) -> int:
 def readable_images(paths: list[str], failures: list[int], max_pixels: int):
     """(path, BGR image) for each readable path; a bad one is a line on stderr and its
     exit code is collected in `failures`, and the others are still processed."""
-    for path in paths:
+    for path in listed_images(paths, failures):
         try:
             yield path, read_image_file(path, max_pixels)
         except MaskwatchError as exc:
-            print(f"mask-agent: error: {exc}", file=sys.stderr)
-            failures.append(exc.exit_code)
+            report(exc, failures)
+
+
+def listed_images(paths: list[str], failures: list[int]):
+    """Each path given, a folder standing for the photos in it."""
+    for given in paths:
+        try:
+            yield from image_paths(given)
+        except MaskwatchError as exc:
+            report(exc, failures)
+
+
+def report(exc: MaskwatchError, failures: list[int]) -> None:
+    print(f"mask-agent: error: {exc}", file=sys.stderr)
+    failures.append(exc.exit_code)
 
 
 def annotate_dir(folder: str | None) -> Path | None:
@@ -374,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="detect and classify faces in images")
     common(p)
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="images, or folders of them")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("--annotate", metavar="DIR", help="write images with boxes to DIR")
     p.add_argument("--detector", choices=("yunet", "blazeface", "haar"))
@@ -382,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify face crops with the bundled model")
     common(p)
-    p.add_argument("crops", nargs="+", metavar="CROP")
+    p.add_argument("crops", nargs="+", metavar="CROP", help="face crops, or folders of them")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(func=cmd_classify)
 

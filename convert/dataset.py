@@ -3,7 +3,8 @@
 A root holds one folder per class (`with_mask`, `without_mask`, any extra such as
 `mask_weared_incorrect`); several roots merge by class name. Other data sets' names for
 the same classes (`WithMask`, `mask`, `no_mask`, ...) are read as ours: a model whose no-mask
-class had another name would run, and never raise an alert. Exact duplicates (same
+class had another name would run, and never raise an alert. Photos in folders inside a
+class folder count (one folder a person, as Keras reads class folders). Exact duplicates (same
 bytes) are found by SHA-256 and kept once, so a photo can never sit on both sides of
 the train/validation split (prajnasb alone has ~90 such files).
 """
@@ -23,7 +24,7 @@ from maskwatch.agent.vision.decision import (
     NO_MASK,
     canonical_label,
 )
-from maskwatch.agent.vision.predict import IMAGE_SUFFIXES
+from maskwatch.agent.vision.predict import hidden, images_in
 
 from .errors import ConvertError
 
@@ -76,22 +77,8 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def hidden(name: str) -> bool:
-    """Hidden files and folders, `__MACOSX` and macOS' `._photo.jpg` companions (what
-    an archive made on a Mac leaves beside the photos) are no classes and no photos."""
-    return name.startswith((".", "__MACOSX"))
-
-
 def class_folders(root: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and not hidden(d.name)]
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Photos in a class folder and the folders inside it (as Keras reads class folders:
-    real data sets keep one folder a person inside each class)."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(hidden(part) for part in p.relative_to(folder).parts))
 
 
 def missing_classes_message(roots: list[str | Path], labels: list[str],
@@ -125,7 +112,7 @@ def scan(roots: list[str | Path], classes: list[str] | None = None) -> Dataset:
             label = canonical_label(class_dir.name)
             if classes is not None and label not in map(canonical_label, classes):
                 continue
-            files = image_files(class_dir)
+            files = images_in(class_dir)
             if label != class_dir.name:
                 read_as[class_dir.name] = label
             if not files:

@@ -14,6 +14,7 @@ import pytest
 
 from maskwatch.agent.bench.measure import scene_at
 from maskwatch.agent.config import DetectConfig
+from maskwatch.agent.demo import DEMO_CLIP
 from maskwatch.agent.errors import ModelError
 from maskwatch.agent.people.track import iou
 from maskwatch.agent.vision.detect import (
@@ -165,6 +166,28 @@ def test_detect_cli_missing_image(state_dir):
                                           f"state_dir={state_dir}"),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 66 and "image not found" in result.stderr
+
+
+def test_detect_reads_the_photos_of_a_folder_and_names_a_folder_without_any(tmp_path):
+    clip = cv2.VideoCapture(str(DEMO_CLIP))
+    photos = tmp_path / "door" / "monday"
+    photos.mkdir(parents=True)
+    for i in range(2):
+        ok, frame = clip.read()
+        assert ok
+        cv2.imwrite(str(photos / f"frame{i}.jpg"), frame)
+    (photos / "._frame0.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS companion
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    (phone / "IMG_0001.HEIC").write_bytes(b"ftypheic")
+    result = subprocess.run(agent_command("detect", str(tmp_path / "door"), str(phone),
+                                          "--json", "--set", f"state_dir={tmp_path / 's'}"),
+                            capture_output=True, text=True, timeout=120)
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [
+        str(photos / "frame0.jpg"), str(photos / "frame1.jpg")]
+    assert result.stderr == (f"mask-agent: error: no images in {phone} (read: .bmp, .jpeg, "
+                             ".jpg, .png, .webp; found: .HEIC)\n")
+    assert result.returncode == 66
 
 
 def test_fetch_copies_from_folder_and_verifies(shared, tmp_path):

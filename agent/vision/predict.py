@@ -89,6 +89,32 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = 40_000_000
     return image
 
 
+def hidden(name: str) -> bool:
+    """Hidden files and folders, `__MACOSX` and macOS' `._photo.jpg` companions (what an
+    archive made on a Mac leaves beside the photos) are no photos."""
+    return name.startswith((".", "__MACOSX"))
+
+
+def images_in(folder: Path) -> list[Path]:
+    """The photos in a folder and the folders inside it, sorted."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(hidden(part) for part in p.relative_to(folder).parts))
+
+
+def image_paths(path: str) -> list[str]:
+    """The path, or for a folder the photos in it. A folder with none is a SourceError
+    naming what it holds instead (an iPhone's .HEIC, say)."""
+    if not Path(path).is_dir():
+        return [path]
+    found = images_in(Path(path))
+    if not found:
+        others = sorted({f.suffix or f.name for f in Path(path).rglob("*") if f.is_file()})
+        raise SourceError(f"no images in {path} (read: {', '.join(sorted(IMAGE_SUFFIXES))}"
+                          f"; found: {', '.join(others[:5]) or 'nothing'})")
+    return [str(p) for p in found]
+
+
 def read_image_file(path: str, max_pixels: int = 40_000_000):
     """BGR image from a file; raises InputError/SourceError with a one-line reason."""
     p = Path(path)
