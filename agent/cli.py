@@ -116,6 +116,7 @@ def cmd_detect(args) -> int:
     detector = detector_from(settings, cfg.state_dir)
     classifier = classifier_from(cfg.classify, cfg.state_dir)
     failures: list[int] = []
+    written: set[str] = set()
     for path, image in readable_images(args.paths, failures, cfg.detect.max_image_pixels):
         result = {"image": path, **detect_result(image, detector, classifier)}
         if args.json:
@@ -124,8 +125,19 @@ def cmd_detect(args) -> int:
             labels = ", ".join(f"{f['label']} ({f['confidence']:.2f})" for f in result["faces"])
             print(f"{path}: {len(result['faces'])} face(s){': ' + labels if labels else ''}")
         if out is not None:
-            cv2.imwrite(str(out / (Path(path).stem + ".jpg")), annotate(image, result))
+            cv2.imwrite(str(out / unique_name(Path(path).stem, written)), annotate(image, result))
     return max(failures, default=0)
+
+
+def unique_name(stem: str, written: set[str]) -> str:
+    """`stem.jpg`, or `stem-2.jpg`, ... where photos of one name (in two folders) came
+    before: one annotated photo never replaces another."""
+    name, n = f"{stem}.jpg", 1
+    while name in written:
+        n += 1
+        name = f"{stem}-{n}.jpg"
+    written.add(name)
+    return name
 
 
 def cmd_classify(args) -> int:

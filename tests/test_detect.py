@@ -180,11 +180,16 @@ def test_detect_reads_the_photos_of_a_folder_and_names_a_folder_without_any(tmp_
     phone = tmp_path / "phone"
     phone.mkdir()
     (phone / "IMG_0001.HEIC").write_bytes(b"ftypheic")
+    shutil.copy(photos / "frame0.jpg", tmp_path / "door" / "frame0.jpg")  # a second frame0
     result = subprocess.run(agent_command("detect", str(tmp_path / "door"), str(phone),
-                                          "--json", "--set", f"state_dir={tmp_path / 's'}"),
+                                          "--json", "--annotate", str(tmp_path / "out"),
+                                          "--set", f"state_dir={tmp_path / 's'}"),
                             capture_output=True, text=True, timeout=120)
     assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [
-        str(photos / "frame0.jpg"), str(photos / "frame1.jpg")]
+        str(tmp_path / "door" / "frame0.jpg"), str(photos / "frame0.jpg"),
+        str(photos / "frame1.jpg")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "frame0-2.jpg", "frame0.jpg", "frame1.jpg"]  # neither frame0 replaced the other
     assert result.stderr == (f"mask-agent: error: no images in {phone} (read: .bmp, .jpeg, "
                              ".jpg, .png, .webp; found: .HEIC)\n")
     assert result.returncode == 66
