@@ -21,6 +21,7 @@ import numpy as np
 from maskwatch.agent.vision.classify import BUNDLE_FORMAT, Classifier
 from maskwatch.agent.vision.decision import decide_all
 from maskwatch.agent.vision.preprocess import CropSpec, face_input, whole_image_box
+from maskwatch.agent.vision.statefile import write_bytes_atomic
 
 from .augment import augmented_input
 from .dataset import scan
@@ -118,7 +119,7 @@ def parity(float_s: np.ndarray, int8_s: np.ndarray, y: np.ndarray, labels: list[
 def write_bundle(out: Path, flatbuffer: bytes, meta: dict) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / TFLITE_NAME).write_bytes(flatbuffer)
+        write_bytes_atomic(out / TFLITE_NAME, flatbuffer)  # never under a running agent
         write_meta(out, meta)
     except OSError as exc:
         raise ConvertError(f"cannot write bundle to {out}: {exc.strerror}") from None

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from maskwatch.agent.vision.models import sha256_file
+from maskwatch.agent.vision.statefile import write_bytes_atomic
 
 from .errors import ConvertError
 
@@ -70,7 +71,7 @@ def add_features(bundle: Path) -> dict:
     probe = np.random.default_rng(0).integers(0, 256, (8, info.crop.size, info.crop.size, 3),
                                               dtype=np.uint8)
     scores_before = before.scores(probe)
-    info.path.write_bytes(with_features_output(info.path.read_bytes()))
+    write_bytes_atomic(info.path, with_features_output(info.path.read_bytes()))
     meta = dict(info.meta)
     write_meta(info.path.parent, meta)  # the new sha256, so the bundle loads again
     after = Classifier(bundle)
@@ -87,7 +88,7 @@ def add_features(bundle: Path) -> dict:
 def write_meta(folder: Path, meta: dict) -> None:
     """model.json with the sha256 of the model file it names (set in `meta` too)."""
     meta["sha256"] = sha256_file(folder / meta["file"])
-    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_bytes_atomic(folder / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def anchor_features(bundle: Path, data: list[str], per_class: int, seed: int,

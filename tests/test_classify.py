@@ -109,6 +109,17 @@ def test_corrupt_model_with_matching_checksum_is_a_clear_error(tmp_path):
         Classifier(bundle)
 
 
+def test_a_model_copied_over_in_place_leaves_the_running_one_as_it_was(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    classifier = Classifier(bundle)
+    crops = np.random.default_rng(3).integers(
+        0, 256, (4, classifier.crop.size, classifier.crop.size, 3), np.uint8)
+    before = classifier.scores(crops)
+    model = classifier.info.path
+    model.write_bytes(b"\0" * (model.stat().st_size // 3))  # as cp and scp write: in place
+    assert np.array_equal(classifier.scores(crops), before)  # it ran the mapped file's bytes
+
+
 def test_mismatched_labels_are_refused(tmp_path):
     bundle = copy_bundle(tmp_path)
     meta = json.loads((bundle / "model.json").read_text())

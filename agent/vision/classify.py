@@ -114,7 +114,7 @@ class Classifier:
         self.crop = self.info.crop
         self.no_mask_threshold = (no_mask_threshold if no_mask_threshold is not None
                                   else self.info.no_mask_threshold)
-        self._interpreter = load_interpreter(self.info.path, threads)
+        self._interpreter = load_interpreter(self.info.path, threads, self.info.sha256)
         inp = self._interpreter.get_input_details()[0]
         out, features = self._outputs(self._interpreter.get_output_details())
         self._input_index, self._output_index = inp["index"], out["index"]

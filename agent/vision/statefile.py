@@ -33,9 +33,15 @@ def read_state_json(path: Path, max_bytes: int, file_format: str, what: str) -> 
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
+    write_bytes_atomic(path, (json.dumps(data) + "\n").encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a whole new file and rename it over the old one: a reader has the old file or
+    the new, never a file being written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data) + "\n")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -10,6 +10,7 @@ NumPy 1.x (pyproject.toml); with NumPy 2 there, loading a model is a one-line er
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import sys
@@ -68,15 +69,27 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def load_interpreter(path: str | Path, num_threads: int = 1) -> Any:
-    """An allocated interpreter for `path`; a missing or corrupt file is a ModelError."""
+def load_interpreter(path: str | Path, num_threads: int = 1, sha256: str | None = None) -> Any:
+    """An allocated interpreter for `path`; a missing or corrupt file is a ModelError.
+
+    The model runs from a copy in memory, not from the file mapped: a bundle copied over in
+    place while the agent runs (`cp`, `scp`, an export into the same folder) changed the
+    scores of the running model when the runtime read the mapped file's new bytes. With
+    `sha256` (model.json's), the bytes checked are the bytes run."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
+    if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
+        raise ModelError(f"model file {path} changed while it was loaded (it no longer "
+                         "matches model.json): load it again once the copy is complete")
     _, interpreter_cls = interpreter_class()
     try:
         with native_stderr_silenced():
-            interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
+            interpreter = interpreter_cls(model_content=content, num_threads=num_threads)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
