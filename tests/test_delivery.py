@@ -299,3 +299,14 @@ def test_the_watchers_check_tells_a_device_numbering_anew_from_duplicates():
     check.add(2, new_id=False)  # and a redelivery of the new 2
     assert check.renumbered == 1 and (check.duplicates, check.gaps) == (2, 1)
     assert check.summary().endswith("numbered anew 1 times")
+
+
+def test_the_watcher_remembers_recent_event_ids_only():
+    from maskwatch.agent.delivery.watch import RecentIds
+
+    seen = RecentIds(limit=1000)
+    for i in range(1010):  # a watch left running: more events than it remembers
+        seen.add(f"id-{i}")
+    seen.add("id-1009")  # a redelivery is no new id
+    assert len(seen) == 1000  # it kept every id before: memory without end
+    assert "id-9" not in seen and "id-10" in seen and "id-1009" in seen

@@ -20,7 +20,7 @@ import ssl
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -43,6 +43,32 @@ def parse_event(payload: bytes) -> dict:
     if not isinstance(event, dict) or not EVENT_KEYS.issubset(event):
         raise ValueError("not a maskwatch event")
     return event
+
+
+class RecentIds:
+    """Event ids seen lately, the oldest forgotten past `limit`. A redelivered duplicate
+    comes soon after the first copy (the backlog sent at a reconnect), and a watch left
+    running for months (`watch --json >> events.jsonl` as a fleet's log) must not grow
+    without end: it kept every id."""
+
+    def __init__(self, limit: int = MAX_SEEN) -> None:
+        self.limit = limit
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, event_id: str) -> None:
+        if event_id in self._ids:
+            return
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self.limit:
+            self._ids.discard(self._order.popleft())
 
 
 @dataclass
@@ -116,7 +142,7 @@ def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: boo
     streams: dict[str, StreamCheck] = defaultdict(StreamCheck)
     client.loop_start()
     tally: dict[str, Counter] = defaultdict(Counter)
-    seen: set[str] = set()
+    seen = RecentIds()
     deadline = time.monotonic() + timeout if timeout else None
     shown = 0
     try:
@@ -130,7 +156,8 @@ def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: boo
                 continue
             if topic.endswith("/status"):
                 if not as_json:
-                    print(f"{topic.split('/')[-2]}: {payload.decode(errors='replace')}")
+                    print(f"{topic.split('/')[-2]}: {payload.decode(errors='replace')}",
+                          flush=True)
                 continue
             try:
                 event = parse_event(payload)
