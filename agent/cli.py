@@ -379,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--source", help="override source.uri (camera index, file, URL)")
     p.add_argument("--until-eof", action="store_true",
-                   help="stop when a video file ends and its events are delivered (exit 75 "
-                   "if some could not be delivered)")
+                   help="stop when the source ends and its events are delivered (exit 75 "
+                   "if some could not be delivered); a video file does so without it, unless "
+                   "source.loop is on")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the real pipeline on the bundled street clip and "

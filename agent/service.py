@@ -30,7 +30,14 @@ from .people.events import EventContext, build_event, encode
 from .people.track import Transition
 from .pipeline import Pipeline
 from .systemd import Notifier
-from .vision.camera import Frame, Reopener, Source, capture_size, quiet_opencv
+from .vision.camera import (
+    Frame,
+    Reopener,
+    Source,
+    capture_size,
+    ends_at_eof,
+    quiet_opencv,
+)
 from .vision.config import hide_credentials
 from .vision.decision import NO_MASK
 from .vision.predict import draw_faces
@@ -227,6 +234,7 @@ class Agent:
         """Process frames until stopped (or the source ends, with until_eof); returns the
         exit code. SourceError when the source cannot be opened at start."""
         uri = source_uri or self.cfg.source.uri
+        until_eof = until_eof or ends_at_eof(uri, self.cfg.source)
         quiet_opencv()
         self._last_ts = 0.0
         frames = Reopener(uri, capture_size(self.cfg.source, self.cfg.detect.max_side),
@@ -248,6 +256,8 @@ class Agent:
                 self._tick()
                 frame = frames.next_frame()
                 if frame is None:
+                    if not self.stop_event.is_set():
+                        log.info("%s ended", hide_credentials(uri))
                     break
                 if self._context is None:
                     h, w = frame.image.shape[:2]

@@ -7,6 +7,7 @@ import subprocess
 
 import jsonschema
 
+from maskwatch.agent.demo import DEMO_CLIP
 from maskwatch.agent.people.events import load_schema
 
 from .conftest import agent_command
@@ -76,3 +77,22 @@ def test_watch_prints_events_and_skips_garbage(broker, state_dir, street_video, 
         assert "skipping message" in err
         assert "watch: door2: 3 events up to seq 3, 0 missing, 0 duplicates" in err
     assert "already connected" not in broker.log.read_text()  # no session took another's
+
+
+def test_a_video_file_run_without_until_eof_ends_with_the_file(broker, tmp_path):
+    """Before, its end was a lost camera: the file was reopened again and again, its video
+    time began at 0 each time, and the pipeline, scheduled past it, searched none of it."""
+    collector = Collector(broker.port, "maskwatch/door8/events")
+    try:
+        result = subprocess.run(
+            agent_command("run", "--source", str(DEMO_CLIP), "--set", f"state_dir={tmp_path}",
+                          "--set", f"mqtt.port={broker.port}", "--set", "mqtt.host=127.0.0.1",
+                          "--set", "device_id=door8"),
+            capture_output=True, text=True, timeout=120)
+        produced = result.stderr.count("person #")
+        assert collector.wait_for(lambda: len(collector.on("/events")) >= produced, 10)
+    finally:
+        collector.close()
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert f"{DEMO_CLIP} ended" in result.stderr and "source lost" not in result.stderr
+    assert produced > 20 and len(collector.on("/events")) == produced

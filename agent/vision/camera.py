@@ -286,8 +286,16 @@ def capture_size(settings: SourceConfig, max_side: int) -> SourceConfig:
 
 
 def is_file_source(uri: str) -> bool:
-    return not uri.isdigit() and "://" not in uri and not uri.startswith("/dev/") \
-        and uri != "picamera2"
+    return uri.startswith("file://") or (
+        not uri.isdigit() and "://" not in uri and not uri.startswith("/dev/")
+        and uri != "picamera2")
+
+
+def ends_at_eof(uri: str, settings: SourceConfig) -> bool:
+    """A video file not looped ends: there is nothing to wait for at its end. (Reopened as
+    a lost camera is, its video time began again at 0 and the pipeline, scheduled past it,
+    searched none of it: every pass after the first gave no one.)"""
+    return is_file_source(uri) and not settings.loop
 
 
 def open_source(uri: str, settings: SourceConfig) -> Source:
