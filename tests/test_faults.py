@@ -213,7 +213,8 @@ def test_a_second_agent_on_one_state_dir_exits_75_at_once_naming_the_first(broke
     common = ["--set", f"state_dir={tmp_path}", "--set", f"mqtt.port={broker.port}",
               "--set", "mqtt.host=127.0.0.1"]
     first = subprocess.Popen(agent_command("run", "--source", str(DEMO_CLIP), "--set",
-                                           "source.realtime=true", *common),
+                                           "source.realtime=true", "--set", "source.loop=true",
+                                           *common),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = tmp_path / "agent.lock"
     try:

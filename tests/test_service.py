@@ -38,7 +38,7 @@ def test_ready_watchdog_status_and_stop(notify_socket, broker, demo_clip, tmp_pa
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
     proc = subprocess.Popen(agent_command(
         "run", "--source", str(demo_clip), "--set", "source.realtime=true",
-        "--set", f"state_dir={tmp_path}",
+        "--set", "source.loop=true", "--set", f"state_dir={tmp_path}",
         "--set", f"mqtt.port={broker.port}", "--set", "mqtt.host=127.0.0.1"),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     messages = read_all(sock, 3.0)

@@ -98,7 +98,8 @@ def run_for(seconds, cmd):
 
 def test_wrong_ca_is_refused(secure_broker, pki, demo_clip, tmp_path):
     code, err = run_for(5, agent_command(
-        "run", "--source", str(demo_clip), "--set", "source.realtime=true",
+        "run", "--source", str(demo_clip), "--set", "source.realtime=true", "--set",
+        "source.loop=true",
         *agent_args(tmp_path, tmp_path, secure_broker.tls_port, "--set", "mqtt.tls.enabled=true",
                     "--set", f"mqtt.tls.ca_file={pki}/rogue.crt")))
     assert code == 0, err
@@ -109,7 +110,8 @@ def test_wrong_ca_is_refused(secure_broker, pki, demo_clip, tmp_path):
 def test_wrong_password_reported_with_backoff(secure_broker, demo_clip, tmp_path):
     (tmp_path / "pw").write_text("wrong-pass\n")
     code, err = run_for(6, agent_command(
-        "run", "--source", str(demo_clip), "--set", "source.realtime=true",
+        "run", "--source", str(demo_clip), "--set", "source.realtime=true", "--set",
+        "source.loop=true",
         *agent_args(tmp_path, tmp_path, secure_broker.port)))
     assert code == 0, err
     refusals = err.count("refused the credentials")
