@@ -78,6 +78,7 @@ def file_sha256(path: Path) -> str:
 
 
 def class_folders(root: Path) -> list[Path]:
+    """The folders in `root` that may be classes (not hidden, not `__MACOSX`)."""
     return [d for d in sorted(root.iterdir()) if d.is_dir() and not hidden(d.name)]
 
 

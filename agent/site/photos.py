@@ -23,7 +23,7 @@ from ..errors import MaskwatchError, UsageError
 from ..vision.classify import Classifier
 from ..vision.decision import MASK, NO_MASK, canonical_label
 from ..vision.detect import Detector, Face, Thresholded, subject_faces
-from ..vision.predict import IMAGE_SUFFIXES, read_image_file
+from ..vision.predict import images_in, read_image_file
 from ..vision.preprocess import area, face_input
 from .threshold import ThresholdReport, fit_threshold, threshold_grid
 
@@ -55,8 +55,7 @@ def labelled_paths(folder: Path) -> list[tuple[Path, int]]:
     found = [(path, values[canonical_label(sub.name)])
              for sub in sorted(folder.iterdir())
              if sub.is_dir() and canonical_label(sub.name) in values
-             for path in sorted(sub.glob("*"))
-             if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")]
+             for path in images_in(sub)]
     if not found:
         raise UsageError(f"--labels {folder}: no images in {folder}/{MASK} or "
                          f"{folder}/{NO_MASK}")
