@@ -7,6 +7,9 @@ restarted under its devices, and device identities that cannot collide. Small fl
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
 
 import pytest
 
@@ -198,3 +201,42 @@ def test_two_machines_from_one_image_get_two_client_ids(tmp_path):
         assert fingerprint == machine_fingerprint((str(machine_id),))  # stable
         ids.append(default_client_id("raspberrypi", fingerprint))
     assert ids[0] != ids[1] and all(i.startswith("maskwatch-raspberrypi-") for i in ids)
+
+
+def retained_topics(port: int) -> set[str]:
+    """The topics the broker holds a retained message on."""
+    need_tool("mosquitto_sub", "apt-get install mosquitto-clients")
+    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", "#",
+                          "--retained-only", "-W", "2", "-v"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return {line.split(" ", 1)[0] for line in out.splitlines()}
+
+
+def of_device(topics: set[str], device: str) -> set[str]:
+    return {t for t in topics
+            if t.startswith(f"maskwatch/{device}/") or f"/maskwatch_{device}/" in t}
+
+
+def test_the_readmes_command_clears_what_a_renamed_device_left_and_nothing_else(broker,
+                                                                                 tmp_path):
+    """The agent ran as door1, then was renamed: its retained status, counts and Home
+    Assistant discovery stay at the broker (an unavailable device in Home Assistant) until
+    the README's command clears them. A device named door10 keeps its own."""
+    for device in ("door1", "door10"):
+        result = run_agent("run", "--source", str(DEMO_CLIP), "--until-eof", "--set",
+                           f"state_dir={tmp_path / device}", "--set", "mqtt.host=127.0.0.1",
+                           "--set", f"mqtt.port={broker.port}", "--set", f"device_id={device}",
+                           timeout=180)
+        assert result.returncode == 0, result.stderr[-1000:]
+    before = retained_topics(broker.port)
+    assert len(of_device(before, "door1")) == len(of_device(before, "door10")) == 9  # status,
+    # counts, final_counts and six entities' discovery
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^mosquitto_sub .*--remove-retained.*$", readme, re.M).group(0)
+    command = command.replace("OLD_ID", "door1").replace("-h localhost",
+                                                         f"-h 127.0.0.1 -p {broker.port}")
+    cleared = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
+    assert cleared.returncode == 27 and "Timed out" in cleared.stderr + cleared.stdout
+    after = retained_topics(broker.port)
+    assert of_device(after, "door1") == set()
+    assert of_device(after, "door10") == of_device(before, "door10")
