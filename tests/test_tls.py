@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
 
 import pytest
 
-from .conftest import ROOT, agent_command, free_port, need_tool, wait_for_port
+from .conftest import (
+    ROOT,
+    agent_command,
+    free_port,
+    mosquitto_binary,
+    need_tool,
+    wait_for_port,
+)
 from .mqtt_helpers import Collector
 
 
@@ -122,6 +131,45 @@ def test_wrong_password_reported_with_backoff(secure_broker, demo_clip, tmp_path
 PROVISION = ROOT / "deploy" / "provision-device.sh"
 FLEET_CERTS = ROOT / "deploy" / "mosquitto" / "fleet-certs.conf"
 FLEET_ACL = ROOT / "deploy" / "mosquitto" / "maskwatch.acl"
+
+
+FLEET_CONF = ROOT / "deploy" / "mosquitto" / "fleet.conf"
+
+
+def test_the_fleet_config_listens_on_tls_alone_and_makes_each_user_its_client_id(pki,
+                                                                                  tmp_path):
+    """deploy/mosquitto/fleet.conf as shipped (its paths moved here, its listener on a free
+    loopback port), run alone. A listener option above every `listener` line made Mosquitto
+    open a default listener for it: plain MQTT on port 1883 on every interface, passwords in
+    clear; and the TLS listener kept the client's own id, so the device's user did not tie
+    its session."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "door1", "door1-pass"], check=True)
+    tls = free_port()
+    conf = FLEET_CONF.read_text()
+    for shipped, here in {"/etc/mosquitto/passwd": str(passwd),
+                          "/etc/mosquitto/maskwatch.acl": str(FLEET_ACL),
+                          "/var/lib/mosquitto/": f"{tmp_path}/",
+                          "/etc/mosquitto/certs/": f"{pki}/",
+                          "listener 8883\n": f"listener {tls} 127.0.0.1\n"}.items():
+        assert shipped in conf, shipped
+        conf = conf.replace(shipped, here)
+    (tmp_path / "fleet.conf").write_text(("user root\n" if os.geteuid() == 0 else "") + conf)
+    log = tmp_path / "fleet.log"
+    with open(log, "wb") as out:
+        broker = subprocess.Popen([mosquitto_binary(), "-c", str(tmp_path / "fleet.conf")],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(tls, broker)
+        Collector(tls, "maskwatch/door1/#", client_id="its-own-id", username="door1",
+                  password="door1-pass", tls={"ca_certs": f"{pki}/ca.crt"}).close()
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+    said = log.read_text()
+    assert set(re.findall(r"Opening ipv\d listen socket on port (\d+)", said)) == {str(tls)}
+    assert "as door1 (" in said and "as its-own-id" not in said
 
 
 def provision(*args: str) -> None:

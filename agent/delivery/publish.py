@@ -462,11 +462,16 @@ class Publisher:
             self._short_sessions = [t for t in self._short_sessions if now - t < 60] + [now]
         if len(self._short_sessions) >= 3:
             self.takeovers += 1
+            who = f"the client id {self.settings.client_id}"
+            if self.settings.username:  # fleet.conf makes the user name the client id
+                who += (", or the MQTT user " + self.settings.username + " on a broker that "
+                        "makes the user name the client id (deploy/mosquitto/fleet.conf)")
             throttle.log(logging.ERROR, "takeover", "the MQTT broker keeps ending this "
-                         "device's session (%d times in a minute): another client uses the "
-                         "client id %s. Two devices from one SD card image? Give each its own "
-                         "device_id (README, Fleets)", len(self._short_sessions),
-                         self.settings.client_id)
+                         "device's session (%d times in a minute): another client uses %s. "
+                         "Two devices from one SD card image, or a watch or script run with "
+                         "this device's config? Give each device its own device_id, and every "
+                         "other client a user of its own (README, Fleets)",
+                         len(self._short_sessions), who)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # paho marks the message published after this returns, so a refusal recorded here
