@@ -202,6 +202,9 @@ def test_container_files_mirror_the_install():
     # the broker is anonymous: reachable from this host only, never from the LAN
     assert compose["services"]["mosquitto"]["ports"] == ["127.0.0.1:1883:1883"]
     assert "/dev/video0:/dev/video0" in compose["services"]["maskwatch"]["devices"]
+    # its command replaces the image's: it must wait for a late camera as the image's does
+    assert "source.wait=true" in compose["services"]["maskwatch"]["command"]
+    assert "source.wait=true" in dockerfile
 
 
 def test_ci_runs_the_readme_commands():
