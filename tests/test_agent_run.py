@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import jsonschema
 
@@ -96,3 +97,38 @@ def test_a_video_file_run_without_until_eof_ends_with_the_file(broker, tmp_path)
     assert result.returncode == 0, result.stderr[-1000:]
     assert f"{DEMO_CLIP} ended" in result.stderr and "source lost" not in result.stderr
     assert produced > 20 and len(collector.on("/events")) == produced
+
+
+def test_a_watch_whose_session_another_client_takes_says_so(broker):
+    """As on a broker that makes the user name the client id, where a watch run with a
+    device's config and the device take each other's session: here a client takes the
+    watch's own id, three times, and the watch says so in one line."""
+    import paho.mqtt.client as mqtt
+
+    watcher = subprocess.Popen(agent_command(
+        "watch", "--timeout", "90", "--set", f"mqtt.port={broker.port}", "--set",
+        "mqtt.host=127.0.0.1", "--set", "mqtt.client_id=door-w"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "watch: subscribed" in watcher.stderr.readline()
+        taken = f"door-w-watch-{watcher.pid}"
+
+        def sessions() -> int:  # the watch's and the thief's, as the broker saw them
+            return broker.log.read_text().count(f" as {taken} (")
+
+        for thefts in range(1, 4):
+            thief = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=taken)
+            thief.connect("127.0.0.1", broker.port)
+            thief.loop_start()
+            deadline = time.monotonic() + 30  # the watch reconnects, taking it back
+            while sessions() < 2 * thefts + 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            thief.disconnect()
+            thief.loop_stop()
+            assert sessions() >= 2 * thefts + 1, broker.log.read_text()[-2000:]
+        said = watcher.stderr.readline()
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=30)
+    assert said.startswith("watch: the broker ended this watch's session 3 times in a minute")
+    assert f"another client uses the client id {taken}" in said

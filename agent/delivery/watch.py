@@ -107,13 +107,41 @@ class StreamCheck:
                 f"{self.duplicates} duplicates, {self.reordered} out of order{anew}")
 
 
+class SessionEnds:
+    """The broker ending this watch's session, three times in a minute, is said (once a
+    minute): another client takes it. On a broker that makes the user name the client id
+    (deploy/mosquitto/fleet.conf) that is any client of the same user: a watch run with a
+    device's config and that device knocked each other off once a second, and the watch
+    said nothing of why its events came and went."""
+
+    def __init__(self, client_id: str, username: str | None) -> None:
+        self.client_id, self.username = client_id, username
+        self._ends: list[float] = []
+        self._said = -60.0
+
+    def __call__(self, client, userdata, flags, reason_code, properties=None) -> None:
+        now = time.monotonic()
+        self._ends = [t for t in self._ends if now - t < 60] + [now]
+        if len(self._ends) >= 3 and now - self._said >= 60:
+            self._said = now
+            who = f"the client id {self.client_id}"
+            if self.username:
+                who += (f", or the MQTT user {self.username} on a broker that makes the user "
+                        "name the client id (deploy/mosquitto/fleet.conf)")
+            print(f"watch: the broker ended this watch's session {len(self._ends)} times in "
+                  f"a minute: another client uses {who}; give the watch a user of its own "
+                  "(README, Fleets)", file=sys.stderr, flush=True)
+
+
 def connect(m: MqttConfig, on_message, share: str | None = None,
             on_ready=None) -> mqtt.Client:
     # 3.1.1 unless v5 is asked for: a subscriber needs nothing of v5, every broker speaks it.
     # Its own client id per process: two watches (two terminals) with one id knocked each
     # other off the broker every second, losing what came meanwhile, and said nothing
-    client = make_client(m, f"{m.client_id}-watch-{os.getpid()}", mqtt_password(m),
-                         persistent_session=False, protocol=V5 if m.protocol == V5 else V311)
+    client_id = f"{m.client_id}-watch-{os.getpid()}"
+    client = make_client(m, client_id, mqtt_password(m), persistent_session=False,
+                         protocol=V5 if m.protocol == V5 else V311)
+    client.on_disconnect = SessionEnds(client_id, m.username)
     events = all_devices(m.topic_prefix, "events")
     client.on_connect = lambda c, *a: (
         c.subscribe(f"$share/{share}/{events}" if share else events, qos=1),
