@@ -21,6 +21,17 @@ def first_protocol(settings: MqttConfig) -> str:
     return V311 if settings.protocol == V311 else V5
 
 
+def session_taker(client_id: str, username: str | None) -> str:
+    """Who may be taking a session the broker keeps ending: a client with its id, or, on a
+    broker that makes the user name the client id (deploy/mosquitto/fleet.conf), any client
+    of its user."""
+    who = f"the client id {client_id}"
+    if username:
+        who += (f", or the MQTT user {username} on a broker that makes the user name the "
+                "client id (deploy/mosquitto/fleet.conf)")
+    return who
+
+
 def make_client(settings: MqttConfig, client_id: str, password: str | None,
                 persistent_session: bool, protocol: str = V5) -> mqtt.Client:
     """A configured, unconnected client speaking MQTT 5 or 3.1.1."""

@@ -40,6 +40,7 @@ from .mqtt_client import (
     connect_args,
     first_protocol,
     make_client,
+    session_taker,
     unsupported_protocol,
 )
 from .outbox import ResilientOutbox
@@ -462,10 +463,7 @@ class Publisher:
             self._short_sessions = [t for t in self._short_sessions if now - t < 60] + [now]
         if len(self._short_sessions) >= 3:
             self.takeovers += 1
-            who = f"the client id {self.settings.client_id}"
-            if self.settings.username:  # fleet.conf makes the user name the client id
-                who += (", or the MQTT user " + self.settings.username + " on a broker that "
-                        "makes the user name the client id (deploy/mosquitto/fleet.conf)")
+            who = session_taker(self.settings.client_id, self.settings.username)
             throttle.log(logging.ERROR, "takeover", "the MQTT broker keeps ending this "
                          "device's session (%d times in a minute): another client uses %s. "
                          "Two devices from one SD card image, or a watch or script run with "

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 
 from ..errors import BrokerError
 from .config import MqttConfig, mqtt_password
-from .mqtt_client import V5, V311, make_client
+from .mqtt_client import V5, V311, make_client, session_taker
 from .topics import all_devices
 
 log = logging.getLogger("maskwatch.watch")
@@ -124,10 +124,7 @@ class SessionEnds:
         self._ends = [t for t in self._ends if now - t < 60] + [now]
         if len(self._ends) >= 3 and now - self._said >= 60:
             self._said = now
-            who = f"the client id {self.client_id}"
-            if self.username:
-                who += (f", or the MQTT user {self.username} on a broker that makes the user "
-                        "name the client id (deploy/mosquitto/fleet.conf)")
+            who = session_taker(self.client_id, self.username)
             print(f"watch: the broker ended this watch's session {len(self._ends)} times in "
                   f"a minute: another client uses {who}; give the watch a user of its own "
                   "(README, Fleets)", file=sys.stderr, flush=True)
