@@ -103,6 +103,7 @@ def scan(roots: list[str | Path], classes: list[str] | None = None) -> Dataset:
     found: dict[str, list[tuple[Path, str]]] = {}
     empty: list[Path] = []
     read_as: dict[str, str] = {}
+    wanted = None if classes is None else {canonical_label(name) for name in classes}
     for root in map(Path, roots):
         if not root.is_dir():
             raise ConvertError(f"data folder not found: {root}")
@@ -111,7 +112,7 @@ def scan(roots: list[str | Path], classes: list[str] | None = None) -> Dataset:
             raise ConvertError(f"data folder {root} has no class folders")
         for class_dir in class_dirs:
             label = canonical_label(class_dir.name)
-            if classes is not None and label not in map(canonical_label, classes):
+            if wanted is not None and label not in wanted:
                 continue
             files = images_in(class_dir)
             if label != class_dir.name:

@@ -52,10 +52,11 @@ def labelled_paths(folder: Path) -> list[tuple[Path, int]]:
     if not folder.is_dir():
         raise UsageError(f"--labels {folder}: not a folder")
     values = {MASK: 0, NO_MASK: 1}
-    found = [(path, values[canonical_label(sub.name)])
-             for sub in sorted(folder.iterdir())
-             if sub.is_dir() and canonical_label(sub.name) in values
-             for path in images_in(sub)]
+    found = []
+    for sub in sorted(folder.iterdir()):
+        value = values.get(canonical_label(sub.name))
+        if value is not None and sub.is_dir():
+            found += [(path, value) for path in images_in(sub)]
     if not found:
         raise UsageError(f"--labels {folder}: no images in {folder}/{MASK} or "
                          f"{folder}/{NO_MASK}")
