@@ -87,7 +87,7 @@ def run_demo(cfg: Config, clip: str | None = None, publish: bool = True) -> int:
           "(time, person, event, label, confidence)", flush=True)
     setup_logging("WARNING")
     with tempfile.TemporaryDirectory(prefix="maskwatch-demo-") as state:
-        agent = Agent(demo_config(cfg, state, clip), publish=online)
+        agent = Agent(demo_config(cfg, state, clip), publish=online, outbox_kept=False)
         agent.on_event.append(EventPrinter())
         stop_on_signals(agent.stop_event)
         started = time.monotonic()

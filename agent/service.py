@@ -60,9 +60,10 @@ def wall_clock(ts: float, live: bool, file_offset: float) -> float:
 
 class Agent:
     def __init__(self, cfg: Config, pipeline: Pipeline | None = None,
-                 publish: bool = True) -> None:
+                 publish: bool = True, outbox_kept: bool = True) -> None:
         self.cfg = cfg
         self.publish = publish  # False: no broker (the demo without one); events still queued
+        self.outbox_kept = outbox_kept  # False: deleted after the run (the demo's temp dir)
         self.stop_event = threading.Event()
         self.health = Health()
         self.notifier = Notifier()
@@ -311,8 +312,12 @@ class Agent:
                       self.outbox.in_memory())
             return EXIT_IOERR
         if left and self.publish:
-            log.warning("%d events not yet delivered stay in the outbox %s for the next start",
-                        left, self.outbox.path)
+            if self.outbox_kept:
+                log.warning("%d events not yet delivered stay in the outbox %s for the next "
+                            "start", left, self.outbox.path)
+            else:
+                log.warning("%d events were not delivered (this run's outbox is not kept)",
+                            left)
             if until_eof and self.publisher.refused:
                 log.error("the MQTT broker refused %d publishes (%s): not allowed to publish",
                           self.publisher.refused, self.publisher.last_error)

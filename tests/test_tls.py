@@ -128,6 +128,20 @@ def test_wrong_password_reported_with_backoff(secure_broker, demo_clip, tmp_path
     assert "wrong-pass" not in err
 
 
+def test_the_demo_refused_by_a_broker_says_its_events_were_not_delivered(secure_broker,
+                                                                          tmp_path):
+    """The demo's outbox is a temporary folder, deleted at its end: it must not promise
+    that the undelivered events wait there for the next start."""
+    result = subprocess.run(agent_command("demo", "--set", f"mqtt.port={secure_broker.port}",
+                                          "--set", "mqtt.host=127.0.0.1"),
+                            capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 75, result.stderr[-2000:]
+    assert "refused the credentials" in result.stderr
+    assert "were not delivered (this run's outbox is not kept)" in result.stderr
+    assert "for the next start" not in result.stderr
+
+
 PROVISION = ROOT / "deploy" / "provision-device.sh"
 FLEET_CERTS = ROOT / "deploy" / "mosquitto" / "fleet-certs.conf"
 FLEET_ACL = ROOT / "deploy" / "mosquitto" / "maskwatch.acl"
