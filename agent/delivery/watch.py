@@ -1,7 +1,7 @@
 """`mask-agent watch`: subscribe to the events of every device and print a live tally.
 
 A small, strict subscriber: payloads that are not valid events (bad JSON, wrong schema,
-oversized) are skipped with a log line, never crash the watcher. It checks each device's
+oversized) are skipped with a line on stderr, never crash the watcher. It checks each device's
 stream by the events' `seq` (1, 2, 3, ... per device): a number skipped is a lost event
 (a gap), a number seen again a redelivered duplicate, a lower one than the last arrived
 out of order, a 1 with an id not seen before the device numbering anew (a new outbox);
@@ -13,7 +13,6 @@ sees gaps by design, and only the members' reports together tell.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import ssl
@@ -30,7 +29,6 @@ from .config import MqttConfig, mqtt_password
 from .mqtt_client import V5, V311, make_client, session_taker
 from .topics import all_devices
 
-log = logging.getLogger("maskwatch.watch")
 MAX_PAYLOAD = 64 * 1024
 MAX_SEEN = 100_000
 EVENT_KEYS = {"id", "type", "device_id", "track_id", "label"}
@@ -187,7 +185,6 @@ def watch(settings: MqttConfig, count: int = 0, timeout: float = 0, as_json: boo
             try:
                 event = parse_event(payload)
             except ValueError as exc:
-                log.warning("skipping message on %s: %s", topic, exc)
                 print(f"skipping message on {topic}: {exc}", file=sys.stderr)
                 continue
             if isinstance(event.get("seq"), int):
