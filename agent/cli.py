@@ -271,7 +271,9 @@ def cmd_samples(args) -> int:
     elif args.samples_command == "export":
         print(f"exported {store.export(Path(args.dest))} samples to {args.dest}")
     else:
-        print(f"deleted {store.clear()} samples from {store.folder}")
+        samples, asides = store.clear()
+        print(f"deleted {samples} samples from {store.folder}" +
+              (f" and {asides} damaged store(s) set aside beside it" if asides else ""))
     return 0
 
 

@@ -196,7 +196,7 @@ def test_store_retention_deletes_old_samples_and_their_crops(tmp_path):
     new = store.add(crop(2), np.ones(8, np.float32), "with_mask", 0.9, 0.1, 2, "random")
     assert [s.id for s in store.list()] == [new]
     assert not store.crop_path(old).exists() and store.crop_path(new).exists()
-    assert store.clear() == 1 and not list((tmp_path / "s" / "crops").iterdir())
+    assert store.clear() == (1, 0) and not list((tmp_path / "s" / "crops").iterdir())
 
 
 def test_collector_keeps_what_teaches_at_most_one_per_person_per_interval(tmp_path):

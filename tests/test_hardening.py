@@ -124,15 +124,11 @@ def test_broker_with_mqtt_311_only_is_used_with_a_warning(nats_broker, tmp_path)
 
 
 # --- 2. the sample store's faults never stop the agent ------------------------------------
-@pytest.mark.parametrize("damage", ["foreign schema", "not a database"])
-def test_unusable_sample_store_runs_without_collection(broker, tmp_path, damage):
+def test_another_programs_sample_store_runs_without_collection(broker, tmp_path):
     store = tmp_path / "samples"
     store.mkdir()
-    if damage == "foreign schema":
-        with sqlite3.connect(store / "samples.sqlite3") as db:
-            db.execute("CREATE TABLE samples (id INTEGER PRIMARY KEY, photo BLOB)")
-    else:
-        (store / "samples.sqlite3").write_bytes(np.random.default_rng(1).bytes(8192))
+    with sqlite3.connect(store / "samples.sqlite3") as db:
+        db.execute("CREATE TABLE samples (id INTEGER PRIMARY KEY, photo BLOB)")
     watcher = Collector(broker.port, "maskwatch/door6/events", client_id="w6")
     try:
         result = run_clip(tmp_path, broker.port, "device_id=door6", "adapt.collect=true")
@@ -142,6 +138,65 @@ def test_unusable_sample_store_runs_without_collection(broker, tmp_path, damage)
         assert watcher.wait_for(lambda: len(watcher.on("/events")) >= produced, 30)
     finally:
         watcher.close()
+    assert (store / "samples.sqlite3").is_file()  # not ours to move: it is left as it was
+
+
+def stored_samples(state_dir, count: int) -> Path:
+    """A sample store in `state_dir` holding `count` samples (a crop and features each)."""
+    store = open_store(AdaptConfig(), str(state_dir))
+    for i in range(count):
+        store.add(np.full((64, 64, 3), i, np.uint8), np.ones(1280, np.float32), "with_mask",
+                  0.9, 0.1, i, "random")
+    store.close()
+    return store.folder
+
+
+def damage(store: Path, how: str) -> None:
+    index = store / "samples.sqlite3"
+    if how == "not a database":
+        index.write_bytes(np.random.default_rng(1).bytes(8192))
+    else:  # one page inside a file SQLite still opens: seen only when that page is read
+        with open(index, "r+b") as f:
+            f.seek(4096 * 10)
+            f.write(b"\xff" * 4096)
+
+
+@pytest.mark.parametrize("how", ["not a database", "a damaged page"])
+def test_a_damaged_sample_store_is_set_aside_and_collection_goes_on(broker, tmp_path, how):
+    """Before, collection stayed off for as long as the file was there (a page damaged:
+    a warning at every sample), and `samples list` / `clear` could not reach the faces."""
+    store = stored_samples(tmp_path, 40)
+    damage(store, how)
+    watcher = Collector(broker.port, "maskwatch/door6/events", client_id="w6")
+    try:
+        result = run_clip(tmp_path, broker.port, "device_id=door6", "adapt.collect=true",
+                          "adapt.random_share=1.0", "adapt.min_interval_s=0")
+        produced = result.stderr.count("person #")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stderr.count("was damaged") == 1, result.stderr[-2000:]
+        assert "sample not kept" not in result.stderr
+        assert watcher.wait_for(lambda: len(watcher.on("/events")) >= produced, 30)
+    finally:
+        watcher.close()
+    (aside,) = tmp_path.glob("samples.damaged-*")
+    assert len(list((aside / "crops").iterdir())) == 40  # the old faces, kept aside
+    assert aside.stat().st_mode & 0o777 == 0o700
+    assert open_store(AdaptConfig(), str(tmp_path)).counts()["unlabelled"] > 0  # collecting
+
+
+def test_a_set_aside_store_goes_when_its_retention_passes_or_at_clear(tmp_path):
+    damage(stored_samples(tmp_path, 30), "a damaged page")
+    store = open_store(AdaptConfig(retention_days=1), str(tmp_path))
+    (aside,) = tmp_path.glob("samples.damaged-*")
+    store.prune(now=time.time() + 0.5 * 86400)
+    assert aside.is_dir()  # its faces may be younger than a day
+    store.prune(now=time.time() + 1.1 * 86400)
+    assert not aside.exists()
+    damage(stored_samples(tmp_path / "again", 30), "not a database")
+    again = open_store(AdaptConfig(), str(tmp_path / "again"))
+    assert len(list((tmp_path / "again").glob("samples.damaged-*"))) == 1
+    assert again.clear() == (0, 1)
+    assert not list((tmp_path / "again").glob("samples.damaged-*"))
 
 
 def test_a_full_disk_under_the_sample_store_is_said_not_fatal(broker, tmp_path):

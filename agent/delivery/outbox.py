@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from ..errors import StateError
+from ..errors import StateError, is_damaged_database
 from ..throttle import Throttle
 
 log = logging.getLogger("maskwatch.outbox")
@@ -41,8 +41,6 @@ MEMORY = ":memory:"
 NUMBERED = "events"  # the counter behind each event's `seq`
 WRITE_WAIT_S = 0.2  # longest a locked database may hold up the frame loop
 RETRY_DISK_S = 5.0  # how often a degraded outbox tries the disk again
-# what SQLite says of a file it cannot read as a database (SQLITE_NOTADB, SQLITE_CORRUPT)
-DAMAGED = ("file is not a database", "database disk image is malformed")
 KEEP_DAMAGED = 3  # damaged outbox files kept, newest first
 
 SCHEMA = """
@@ -64,8 +62,7 @@ class DamagedOutbox(StateError):
 def failed(exc: sqlite3.Error | OSError, what: str) -> StateError:
     """The StateError for a failed outbox operation: DamagedOutbox when SQLite says the
     file is damaged, a plain StateError (a full disk, a lock: may pass) otherwise."""
-    damaged = isinstance(exc, sqlite3.DatabaseError) and any(t in str(exc) for t in DAMAGED)
-    return (DamagedOutbox if damaged else StateError)(f"{what}: {exc}")
+    return (DamagedOutbox if is_damaged_database(exc) else StateError)(f"{what}: {exc}")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from ..vision.tuning import DetectorTuning, read_tuning, tuning_path, write_tuni
 from .adapt import AdaptReport, FitOptions, fit_head
 from .config import AdaptConfig
 from .photos import LabelledPhotos
-from .samples import Collector, SampleStore
+from .samples import Collector, SampleStore, open_or_renew
 from .threshold import ThresholdReport
 
 log = logging.getLogger("maskwatch.site")
@@ -39,9 +39,15 @@ REVERTED_SUFFIX = ".reverted"
 
 
 def open_store(a: AdaptConfig, state_dir: str | None) -> SampleStore:
-    """The store, with crops past retention already gone (StateError when unusable)."""
-    store = SampleStore(Path(state_dir or ".") / "samples", a.max_samples,
-                        int(a.max_mb * (1 << 20)), a.retention_days)
+    """The store, with crops past retention already gone (StateError when unusable); a
+    damaged one is set aside, said in one line, and a new one opened."""
+    store, aside = open_or_renew(Path(state_dir or ".") / "samples", a.max_samples,
+                                 int(a.max_mb * (1 << 20)), a.retention_days)
+    if aside is not None:
+        log.error("the sample store in %s was damaged (SQLite cannot read its index): set "
+                  "aside as %s, its faces deleted after adapt.retention_days or by "
+                  "`mask-agent samples clear`; new samples go to a new store",
+                  store.folder, aside)
     prune_quietly(store)
     return store
 

@@ -4,7 +4,10 @@ PRIVACY: a sample is a picture of a face. Samples are kept only when `adapt.coll
 on, only in `<state_dir>/samples/` (crops as JPEG files, an SQLite index with their
 features, predicted label, confidence and time), bounded by `adapt.max_samples` and
 `adapt.max_mb`, and deleted after `adapt.retention_days`. They never go to MQTT.
-`mask-agent samples clear` erases them all.
+`mask-agent samples clear` erases them all. A store whose index SQLite can no longer read
+(a card that lost writes) is set aside whole, crops and index, as
+`samples.damaged-<UTC time>` (`open_or_renew`), and a new one takes the new samples: the
+set-aside faces are deleted once `adapt.retention_days` have passed since, or by `clear`.
 
 What is kept teaches the site head something (`Collector`): faces near the no-mask
 threshold, faces of people whose votes were split, and a thin random sample of confident
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import os
 import random
 import shutil
@@ -28,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import StateError, UsageError
+from ..errors import StateError, UsageError, is_damaged_database
 from ..vision.decision import MASK, NO_MASK
 
 SKIP = "skip"
@@ -46,6 +50,9 @@ CREATE TABLE IF NOT EXISTS samples (
     bytes INTEGER NOT NULL,
     label TEXT
 )"""
+DAMAGED_INFIX = ".damaged-"  # <store folder>.damaged-<UTC time>: a store set aside
+STAMP = "%Y%m%dT%H%M%SZ"
+KEEP_DAMAGED = 3  # set-aside stores kept at most (each until its retention passes)
 COLUMNS = {"id", "ts", "track_id", "predicted", "confidence", "p_no_mask", "reason",
            "features", "bytes", "label"}
 
@@ -75,6 +82,10 @@ def write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+class DamagedStore(StateError):
+    """The store's index is no SQLite database any more: no retry makes it one."""
+
+
 class SampleStore:
     """Crops on disk + an SQLite index; safe to use from the agent and the console threads."""
 
@@ -96,8 +107,16 @@ class SampleStore:
             self._db.execute(SCHEMA)
             self._db.commit()
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(samples)")}
+            # a damaged page inside a readable file shows only when it is read: look at
+            # every page now (a few MB), not at the first sample kept or listed
+            problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({problem})")
         except (OSError, sqlite3.Error) as exc:
-            raise StateError(f"cannot open the sample store in {self.folder}: {exc}") from None
+            error = DamagedStore if is_damaged_database(exc) else StateError
+            if hasattr(self, "_db"):
+                self._db.close()  # a damaged store is moved aside next: nothing may hold it
+            raise error(f"cannot open the sample store in {self.folder}: {exc}") from None
         if columns != COLUMNS:
             raise StateError(f"cannot open the sample store in {self.folder}: "
                              "samples.sqlite3 holds another program's table (move it away)")
@@ -130,8 +149,12 @@ class SampleStore:
 
     def prune(self, now: float | None = None) -> int:
         """Drop samples past retention, then the oldest unlabelled (then oldest labelled)
-        ones until count and bytes fit. Returns how many went."""
+        ones until count and bytes fit, and the set-aside stores whose retention passed.
+        Returns how many samples went."""
         now = time.time() if now is None else now
+        for aside, when in set_aside_stores(self.folder):
+            if when < now - self.retention_s:
+                shutil.rmtree(aside, ignore_errors=True)
         with self._tx() as db:
             doomed = [r[0] for r in db.execute("SELECT id FROM samples WHERE ts < ?",
                                                (now - self.retention_s,))]
@@ -199,15 +222,62 @@ class SampleStore:
                 writer.writerow([s.id, s.ts, s.track_id, s.predicted, s.confidence, s.label])
         return len(samples)
 
-    def clear(self) -> int:
+    def clear(self) -> tuple[int, int]:
+        """Every sample deleted, and every store set aside (their faces too): (samples,
+        set-aside stores)."""
         with self._tx() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM samples")]
             self._delete(db, ids)
-        return len(ids)
+        asides = set_aside_stores(self.folder)
+        for aside, _ in asides:
+            shutil.rmtree(aside)
+        return len(ids), len(asides)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def set_aside_stores(folder: Path) -> list[tuple[Path, float]]:
+    """(folder, when it was set aside, as a UNIX time) of each set-aside store, oldest
+    first."""
+    found = []
+    for aside in folder.parent.glob(folder.name + DAMAGED_INFIX + "*"):
+        stamp = aside.name[len(folder.name + DAMAGED_INFIX):][:16]
+        try:
+            when = dt.datetime.strptime(stamp, STAMP).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue  # not one of ours
+        found.append((aside, when.timestamp()))
+    return sorted(found, key=lambda item: item[1])
+
+
+def set_aside(folder: Path) -> Path:
+    """Move a damaged store (its index and crops) to `<folder>.damaged-<UTC time>`, out of
+    the way of a new one; only the newest KEEP_DAMAGED are kept."""
+    aside = folder.with_name(folder.name + DAMAGED_INFIX + time.strftime(STAMP, time.gmtime()))
+    try:
+        if aside.exists():  # set aside twice within a second: one is enough to keep
+            shutil.rmtree(aside)
+        folder.replace(aside)
+        for old, _ in set_aside_stores(folder)[:-KEEP_DAMAGED]:
+            shutil.rmtree(old)
+    except OSError as exc:
+        raise StateError(f"cannot move the damaged sample store {folder} aside: "
+                         f"{exc.strerror}") from None
+    return aside
+
+
+def open_or_renew(folder: Path, max_samples: int, max_bytes: int,
+                  retention_days: float) -> tuple[SampleStore, Path | None]:
+    """The store in `folder`, and None; or, where its index is damaged, a new store and
+    where the damaged one was set aside (`set_aside`). Before, a damaged index turned
+    collection off for good, and `samples clear` could not erase its faces."""
+    try:
+        return SampleStore(folder, max_samples, max_bytes, retention_days), None
+    except DamagedStore:
+        aside = set_aside(folder)
+    return SampleStore(folder, max_samples, max_bytes, retention_days), aside
 
 
 class Collector:
