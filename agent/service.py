@@ -99,9 +99,10 @@ class Agent:
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
 
     def _open_samples(self):
-        """The site sample store, or None: not needed, or unusable (a corrupt or foreign
-        samples.sqlite3, a full disk). Collection is a side job: without its store the
-        agent still detects and delivers, and says why collection is off."""
+        """The site sample store, or None: not needed, or unusable (another program's
+        samples.sqlite3, a full disk; a damaged one is set aside and renewed in
+        `open_store`). Collection is a side job: without its store the agent still
+        detects and delivers, and says why collection is off."""
         cfg = self.cfg
         if not (cfg.adapt.collect or (cfg.http.enabled and cfg.http.console)):
             return None
