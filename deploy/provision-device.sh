@@ -2,7 +2,10 @@
 # Per-device certificates for a maskwatch fleet (deploy/mosquitto/fleet-certs.conf).
 #   deploy/provision-device.sh ca DIR               make a fleet CA in DIR (once; keep DIR safe)
 #   deploy/provision-device.sh broker DIR NAME...   the broker's certificate, for the host names
-#                                                   and addresses the devices connect to
+#                                                   and addresses the devices connect to (for
+#                                                   deploy/nats/cluster.conf: one for all three
+#                                                   nodes, naming each; it also proves a node to
+#                                                   the others, so it serves as a client too)
 #   deploy/provision-device.sh issue DIR DEVICE_ID  a certificate for one device (CN = DEVICE_ID;
 #                                                   also one for Home Assistant: homeassistant)
 #   deploy/provision-device.sh install DIR DEVICE_ID [ROOT]
@@ -12,7 +15,7 @@
 # publish only its own topics; set device_id to the same name in its config.yaml.
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 command -v openssl >/dev/null || { echo "provision-device: openssl is needed" >&2; exit 69; }
 cmd=$1 dir=$2
@@ -43,13 +46,13 @@ case "$cmd" in
       else echo "provision-device: '$name' is neither a host name nor an address" >&2; exit 2; fi
     done
     out="$dir/broker"; mkdir -p "$out" && chmod 700 "$out"
-    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" > "$out/server.ext"
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" > "$out/server.ext"
     openssl req -newkey rsa:2048 -nodes -subj "/CN=$1" -keyout "$out/server.key" \
       -out "$out/server.csr" 2>/dev/null
     openssl x509 -req -in "$out/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
       -CAcreateserial -days 825 -extfile "$out/server.ext" -out "$out/server.crt" 2>/dev/null
     chmod 600 "$out/server.key"; rm -f "$out/server.csr" "$out/server.ext"
-    echo "broker ($san): copy $dir/ca.crt, $out/server.crt and $out/server.key to /etc/mosquitto/certs/ (server.key readable by the mosquitto user only)";;
+    echo "broker ($san): copy $dir/ca.crt, $out/server.crt and $out/server.key to /etc/mosquitto/certs/ (server.key readable by the mosquitto user only), or to /etc/nats/certs/ on each NATS node";;
   issue)
     [ $# -eq 3 ] || usage
     valid_id "$3"
