@@ -162,7 +162,8 @@ def make_test_pki(workdir: Path) -> Path:
 
 class NatsCluster:
     """`size` nats-server nodes routed into one cluster, each with JetStream and an MQTT
-    listener (MQTT 3.1.1): the deploy/nats/cluster.conf layout, on loopback ports."""
+    listener (MQTT 3.1.1): the deploy/nats/cluster.conf layout, on loopback ports,
+    without its users and TLS (tests/test_tls.py runs the file itself)."""
 
     def __init__(self, workdir: Path, size: int = 3) -> None:
         self.workdir, self.binary = workdir, binary("nats-server", "nats-server")
