@@ -370,6 +370,16 @@ def test_the_nats_cluster_config_holds_each_device_to_its_topics_over_tls(
         assert not any(b"forged" in payload for _, payload, _ in watcher.messages)
     finally:
         watcher.close()
+    home_assistant = Collector(mqtt_ports[2], "homeassistant/#", client_id="ha",
+                               username="homeassistant",
+                               password=NATS_PASSWORDS["homeassistant"], tls={"ca_certs": str(ca)})
+    try:  # the device's discovery, kept (retained) by the cluster; its own status announced
+        assert home_assistant.wait_for(lambda: any(
+            "maskwatch_front-door" in topic for topic, _, _ in home_assistant.messages), 30)
+        home_assistant.client.publish("homeassistant/status", b"online", qos=1)
+        assert home_assistant.wait_for(lambda: home_assistant.on("homeassistant/status"), 30)
+    finally:
+        home_assistant.close()
     with socket.create_connection(("127.0.0.1", mqtt_ports[0]), timeout=10) as plain:
         plain.sendall(PLAIN_CONNECT)  # no plain MQTT: TLS alone, so no CONNACK (0x20)
         try:
