@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import io
 import os
 import random
 import shutil
@@ -76,8 +77,10 @@ class Sample:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """A file only its owner can read (0600 whatever the umask: a face crop)."""
+    """A file only its owner can read (0600 whatever the umask, and whatever the mode of
+    a file it replaces: a face crop)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
@@ -208,18 +211,23 @@ class SampleStore:
         return x, np.array([label == NO_MASK for _, label in rows], int)
 
     def export(self, out: Path) -> int:
-        """Class folders of labelled crops (`adapt --labels` reads them) + index.csv."""
+        """Class folders of labelled crops (`adapt --labels` reads them) + index.csv. The
+        copies are faces too, so they are as private as the store's: folders 0700, files
+        0600, whatever the umask (before, 0755 and 0644: any local user could see them)."""
         samples = self.list()
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "index.csv", "w", newline="") as index:
-            writer = csv.writer(index)
-            writer.writerow(["id", "time", "track_id", "predicted", "confidence", "label"])
-            for s in samples:
-                folder = out / (s.label or "unlabelled")
-                folder.mkdir(exist_ok=True)
-                if self.crop_path(s.id).is_file():
-                    shutil.copyfile(self.crop_path(s.id), folder / f"{s.id}.jpg")
-                writer.writerow([s.id, s.ts, s.track_id, s.predicted, s.confidence, s.label])
+        out.chmod(0o700)
+        rows = [["id", "time", "track_id", "predicted", "confidence", "label"]]
+        for s in samples:
+            folder = out / (s.label or "unlabelled")
+            folder.mkdir(exist_ok=True)
+            folder.chmod(0o700)
+            if self.crop_path(s.id).is_file():
+                write_private(folder / f"{s.id}.jpg", self.crop_path(s.id).read_bytes())
+            rows.append([s.id, s.ts, s.track_id, s.predicted, s.confidence, s.label])
+        index = io.StringIO(newline="")
+        csv.writer(index).writerows(rows)
+        write_private(out / "index.csv", index.getvalue().encode())
         return len(samples)
 
     def clear(self) -> tuple[int, int]:
