@@ -11,6 +11,7 @@ skips elsewhere.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from maskwatch.agent.demo import DEMO_CLIP
 
 from .conftest import ROOT, Broker, agent_command, free_port, missing, need_tool
 from .mqtt_helpers import Collector
+from .nats_cluster import PASSWORDS, secured_nats
 
 pytestmark = pytest.mark.faults
 
@@ -65,7 +67,9 @@ def install_home_assistant() -> Path:
 class HomeAssistant:
     """One Home Assistant with only MQTT, statestream and a reload automation."""
 
-    def __init__(self, hass: Path, workdir: Path, broker_port: int) -> None:
+    def __init__(self, hass: Path, workdir: Path, broker_port: int,
+                 connection: dict | None = None) -> None:
+        """`connection`: more of the MQTT entry's data (username, password, certificate)."""
         self.hass, self.config = hass, workdir / "ha-config"
         (self.config / ".storage").mkdir(parents=True)
         (self.config / "configuration.yaml").write_text(f"""
@@ -92,7 +96,8 @@ automation:
 """)
         entry = {"entry_id": ENTRY_ID, "version": 1, "minor_version": 1, "domain": "mqtt",
                  "title": "test broker", "source": "user", "options": {},
-                 "data": {"broker": "127.0.0.1", "port": broker_port, "discovery": True},
+                 "data": {"broker": "127.0.0.1", "port": broker_port, "discovery": True,
+                          **(connection or {})},
                  "pref_disable_new_entities": False, "pref_disable_polling": False,
                  "unique_id": None, "disabled_by": None}
         (self.config / ".storage" / "core.config_entries").write_text(json.dumps(
@@ -120,8 +125,8 @@ automation:
 class States:
     """What Home Assistant shows, as mqtt_statestream reports it: hastate/<domain>/<id>/state."""
 
-    def __init__(self, port: int) -> None:
-        self.collector = Collector(port, "hastate/#", client_id="ha-states")
+    def __init__(self, port: int, **connection) -> None:
+        self.collector = Collector(port, "hastate/#", client_id="ha-states", **connection)
 
     def count(self) -> int:
         return len(self.collector.messages)
@@ -148,13 +153,14 @@ class States:
         self.collector.close()
 
 
-def start_agent(port: int, tmp_path: Path) -> subprocess.Popen:
+def start_agent(port: int, tmp_path: Path, *settings: str) -> subprocess.Popen:
     """The agent on the bundled clip, looped in real time: people keep coming."""
     log = open(tmp_path / "agent.log", "ab")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(agent_command(
         "run", "--source", str(DEMO_CLIP), "--set", "source.realtime=true", "--set",
         "source.loop=true", "--set", f"mqtt.port={port}", "--set", "mqtt.host=127.0.0.1",
-        "--set", f"device_id={DEVICE}", "--set", f"state_dir={tmp_path / 'state'}"),
+        "--set", f"device_id={DEVICE}", "--set", f"state_dir={tmp_path / 'state'}",
+        *(arg for setting in settings for arg in ("--set", setting))),
         stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -221,3 +227,47 @@ def test_two_reloads_9_s_apart_on_rabbitmq_leave_every_entity_available(hass, tm
         broker.stop()
     assert "announced discovery at the end of that window" in \
         (tmp_path / "agent.log").read_text()
+
+
+# the test's own additions to users.conf: its device is called DEVICE, and Home
+# Assistant's state mirror (mqtt_statestream, hastate/...) needs its topics
+NATS_USERS_EDIT = {"front-door": DEVICE,
+                   'publish: ["homeassistant.>"]': 'publish: ["homeassistant.>", "hastate.>"]',
+                   '"homeassistant", "homeassistant.>",': '"homeassistant", "homeassistant.>", '
+                                                          '"hastate", "hastate.>", '
+                                                          f'"{RELOAD_TOPIC.replace("/", ".")}",'}
+
+
+def test_home_assistant_on_the_secured_nats_cluster_shows_the_device(hass, tmp_path):
+    """deploy/nats/cluster.conf and users.conf as shipped (three nodes, TLS): the device on
+    one node as its own user, Home Assistant on another as `homeassistant`, with the fleet
+    CA as its certificate, as an integrator sets it up. NATS speaks MQTT 3.1.1 only and
+    keeps retained messages in JetStream: discovery must reach Home Assistant all the
+    same, and each entity show a value."""
+    with secured_nats(tmp_path, NATS_USERS_EDIT) as cluster:
+        port_agent, port_home, port_states = cluster.mqtt_ports
+        (tmp_path / "pw").write_text(PASSWORDS["front-door"] + "\n")
+        (tmp_path / "pw").chmod(0o600)
+        states = States(port_states, username="homeassistant",
+                        password=PASSWORDS["homeassistant"], tls={"ca_certs": str(cluster.ca)})
+        agent = start_agent(port_agent, tmp_path, f"mqtt.username={DEVICE}",
+                            f"mqtt.password_file={tmp_path / 'pw'}", "mqtt.tls.enabled=true",
+                            f"mqtt.tls.ca_file={cluster.ca}", "mqtt.require_tls=true")
+        home = HomeAssistant(hass, tmp_path, port_home, {
+            "username": "homeassistant", "password": PASSWORDS["homeassistant"],
+            "certificate": cluster.ca.read_text()}).start()
+        try:
+            states.wait(states.all_available, 240, "every maskwatch entity available")
+            states.wait(lambda: states.latest().get(ENTITIES[2], "").isdigit() and
+                        int(states.latest()[ENTITIES[2]]) >= 1, 120,
+                        "a person with a mask counted")
+        finally:
+            home.stop()
+            stop(agent)
+            states.close()
+        refused = {re.search(r'Subject "([^"]+)"', line).group(1)
+               for log in cluster.logs.values() for line in log.read_text().splitlines()
+               if "Violation" in line}
+    # nothing of maskwatch's was refused; Home Assistant also subscribes to other makers'
+    # discovery topics (tasmota/discovery/#, dsmr/#, ...), which users.conf leaves out
+    assert not {s for s in refused if s.split(".")[0] in ("maskwatch", "homeassistant")}, refused

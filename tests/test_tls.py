@@ -24,6 +24,7 @@ from .conftest import (
     wait_for_port,
 )
 from .mqtt_helpers import Collector
+from .nats_cluster import PASSWORDS, SecuredNats, log_says, provision, secured_nats
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,6 @@ def test_the_demo_refused_by_a_broker_says_its_events_were_not_delivered(secure_
     assert "for the next start" not in result.stderr
 
 
-PROVISION = ROOT / "deploy" / "provision-device.sh"
 FLEET_CERTS = ROOT / "deploy" / "mosquitto" / "fleet-certs.conf"
 FLEET_ACL = ROOT / "deploy" / "mosquitto" / "maskwatch.acl"
 
@@ -188,12 +188,6 @@ def test_the_fleet_config_listens_on_tls_alone_and_makes_each_user_its_client_id
     said = log.read_text()
     assert set(re.findall(r"Opening ipv\d listen socket on port (\d+)", said)) == {str(tls)}
     assert "as door1 (" in said and "as its-own-id" not in said
-
-
-def provision(*args: str) -> None:
-    done = subprocess.run(["bash", str(PROVISION), *args], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture
@@ -258,91 +252,28 @@ def test_fleet_certificates_carry_events_and_hold_each_device_to_its_name(
     assert refused.returncode == 77, refused.stderr[-2000:]
 
 
-NATS_CLUSTER = ROOT / "deploy" / "nats" / "cluster.conf"
-NATS_USERS = ROOT / "deploy" / "nats" / "users.conf"
-NATS_NODES = ("nats-1", "nats-2", "nats-3")
 # an MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s, client id "plain", no user
 PLAIN_CONNECT = b"\x10\x11\x00\x04MQTT\x04\x02\x00\x3c\x00\x05plain"
-NATS_PASSWORDS = {"front-door": "fd-pass", "homeassistant": "ha-pass", "watcher": "w-pass"}
 
 
-def log_says(log: Path, text: str, timeout: float = 30) -> bool:
-    """Until `text` is in the log file (a broker's answer, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-@pytest.fixture
-def secured_nats(tmp_path):
-    """deploy/nats/cluster.conf and users.conf as shipped, three nodes on loopback: only
-    paths, ports, node addresses and the CHANGE-ME secrets replaced, the certificate made
-    by provision-device.sh (one for every node, as its header says). Returns the MQTT
-    ports, the CA file, the NATS client port of the first node and the logs."""
-    nats = need_tool("nats-server", "the NATS broker (Debian: nats-server)")
-    need_tool("openssl", "apt-get install openssl")
-    pki = tmp_path / "pki"
-    provision("ca", str(pki))
-    provision("broker", str(pki), "127.0.0.1", "localhost")
-    users = NATS_USERS.read_text()
-    for user, password in NATS_PASSWORDS.items():
-        assert f"CHANGE-ME-{user}" in users, user
-        users = users.replace(f"CHANGE-ME-{user}", password)
-    (tmp_path / "users.conf").write_text(users)
-    ports = {name: {"client": free_port(), "route": free_port(), "mqtt": free_port()}
-             for name in NATS_NODES}
-    shipped = NATS_CLUSTER.read_text()
-    procs, logs = [], {}
-    for name in NATS_NODES:
-        conf = shipped
-        moves = {"/etc/nats/certs/ca.crt": f"{pki}/ca.crt",
-                 "/etc/nats/certs/server.": f"{pki}/broker/server.",
-                 "/var/lib/nats/jetstream": f"{tmp_path}/js-{name}",
-                 "listen: 127.0.0.1:4222": f"listen: 127.0.0.1:{ports[name]['client']}",
-                 "listen: 0.0.0.0:6222": f"listen: 127.0.0.1:{ports[name]['route']}",
-                 "listen: 0.0.0.0:8883": f"listen: 127.0.0.1:{ports[name]['mqtt']}",
-                 "CHANGE-ME-ROUTE-PASSWORD": "route-pass",
-                 **{f"@{other}:6222": f"@127.0.0.1:{ports[other]['route']}"
-                    for other in NATS_NODES}}
-        for text, here in moves.items():
-            assert text in conf, text
-            conf = conf.replace(text, here)
-        (tmp_path / f"{name}.conf").write_text(conf)
-        logs[name] = tmp_path / f"{name}.log"
-        with open(logs[name], "wb") as out:
-            procs.append(subprocess.Popen([nats, "-c", str(tmp_path / f"{name}.conf")],
-                                          stdout=out, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "NATS_NAME": name}))
-    try:
-        for name, proc in zip(NATS_NODES, procs):
-            wait_for_port(ports[name]["mqtt"], proc)
-        assert any(log_says(log, "JetStream cluster new metadata leader") or
-                   "Self is new JetStream cluster metadata leader" in log.read_text()
-                   for log in logs.values())  # the routes hold: TLS and their password
-        yield ([ports[n]["mqtt"] for n in NATS_NODES], pki / "ca.crt",
-               ports["nats-1"]["client"], logs)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-
-
-def test_the_nats_cluster_config_holds_each_device_to_its_topics_over_tls(
-        secured_nats, demo_clip, tmp_path):
+def test_the_nats_cluster_config_holds_each_device_to_its_topics_over_tls(demo_clip,
+                                                                          tmp_path):
     """Before, deploy/nats/cluster.conf had no users and no TLS: anyone who reached its
     ports read every device's events and could publish as any device. Now a device
     delivers over TLS as its own user, a reader on another node gets every event, and
     neither may publish where it does not belong (NATS acknowledges such a publish over
     MQTT 3.1.1 and drops it: its log is the only witness)."""
-    mqtt_ports, ca, client_port, logs = secured_nats
-    (tmp_path / "fd.pw").write_text(NATS_PASSWORDS["front-door"] + "\n")
+    with secured_nats(tmp_path) as cluster:
+        check_the_nats_cluster(cluster, demo_clip, tmp_path)
+
+
+def check_the_nats_cluster(cluster: SecuredNats, demo_clip: Path, tmp_path: Path) -> None:
+    mqtt_ports, ca, client_port, logs = (cluster.mqtt_ports, cluster.ca, cluster.client_port,
+                                         cluster.logs)
+    (tmp_path / "fd.pw").write_text(PASSWORDS["front-door"] + "\n")
     (tmp_path / "fd.pw").chmod(0o600)
     watcher = Collector(mqtt_ports[1], "maskwatch/#", client_id="watch-1", username="watcher",
-                        password=NATS_PASSWORDS["watcher"], tls={"ca_certs": str(ca)})
+                        password=PASSWORDS["watcher"], tls={"ca_certs": str(ca)})
     try:
         run = subprocess.run(agent_command(
             "run", "--source", str(demo_clip), "--until-eof", "--set", "detect.fps=2",
@@ -358,7 +289,7 @@ def test_the_nats_cluster_config_holds_each_device_to_its_topics_over_tls(
         for user, topic in (("front-door", "maskwatch/back-door/events"),
                             ("watcher", "maskwatch/front-door/events")):
             forger = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"forger-{user}")
-            forger.username_pw_set(user, NATS_PASSWORDS[user])
+            forger.username_pw_set(user, PASSWORDS[user])
             forger.tls_set(ca_certs=str(ca))
             forger.connect("127.0.0.1", mqtt_ports[0])
             forger.loop_start()
@@ -372,7 +303,7 @@ def test_the_nats_cluster_config_holds_each_device_to_its_topics_over_tls(
         watcher.close()
     home_assistant = Collector(mqtt_ports[2], "homeassistant/#", client_id="ha",
                                username="homeassistant",
-                               password=NATS_PASSWORDS["homeassistant"], tls={"ca_certs": str(ca)})
+                               password=PASSWORDS["homeassistant"], tls={"ca_certs": str(ca)})
     try:  # the device's discovery, kept (retained) by the cluster; its own status announced
         assert home_assistant.wait_for(lambda: any(
             "maskwatch_front-door" in topic for topic, _, _ in home_assistant.messages), 30)
