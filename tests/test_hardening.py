@@ -217,24 +217,30 @@ def test_a_full_disk_under_the_sample_store_is_said_not_fatal(broker, tmp_path):
 
 def test_exported_samples_are_as_private_as_the_store(tmp_path):
     """Before, `samples export` wrote the faces 0644 in 0755 folders (the umask's): any
-    local user could open them. A second export over the first made no file private."""
+    local user could open them. A second export over the first made no file private. The
+    folders it makes are 0700; one that exists keeps its mode (an export into /tmp)."""
     folder = stored_samples(tmp_path, 3)
     store = open_store(AdaptConfig(), str(tmp_path))
     store.set_label([1], "with_mask")
-    out = tmp_path / "labels"
-    (out / "unlabelled").mkdir(parents=True)
-    (out / "unlabelled" / "2.jpg").write_bytes(b"an earlier export")
-    (out / "unlabelled" / "2.jpg").chmod(0o644)
+    shared = tmp_path / "shared"
+    (shared / "unlabelled").mkdir(parents=True)
+    shared.chmod(0o1777)  # like /tmp
+    (shared / "unlabelled" / "2.jpg").write_bytes(b"an earlier export")
+    (shared / "unlabelled" / "2.jpg").chmod(0o644)
     old_umask = os.umask(0o022)
     try:
-        assert store.export(out) == 3
+        assert store.export(shared) == 3
+        assert store.export(tmp_path / "new" / "labels") == 3
     finally:
         os.umask(old_umask)
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
     assert files == ["index.csv", "unlabelled/2.jpg", "unlabelled/3.jpg", "with_mask/1.jpg"]
-    assert all((out / f).stat().st_mode & 0o777 == 0o600 for f in files)
-    assert all(d.stat().st_mode & 0o777 == 0o700 for d in (out, out / "unlabelled",
-                                                           out / "with_mask"))
+    assert all((shared / f).stat().st_mode & 0o777 == 0o600 for f in files)
+    assert shared.stat().st_mode & 0o7777 == 0o1777  # not ours to close
+    assert (shared / "with_mask").stat().st_mode & 0o777 == 0o700
+    made = tmp_path / "new" / "labels"
+    assert all(d.stat().st_mode & 0o777 == 0o700 for d in (made, made / "with_mask"))
+    out = shared
     assert (out / "with_mask" / "1.jpg").read_bytes() == (folder / "crops" / "1.jpg").read_bytes()
     assert (out / "index.csv").read_text().splitlines()[0] == \
         "id,time,track_id,predicted,confidence,label"

@@ -85,6 +85,13 @@ def write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def private_folder(folder: Path) -> None:
+    """The folder, made 0700 (with its parents) where it does not exist yet."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, mode=0o700)
+        folder.chmod(0o700)  # mkdir's mode is cut by the umask
+
+
 class DamagedStore(StateError):
     """The store's index is no SQLite database any more: no retry makes it one."""
 
@@ -212,16 +219,16 @@ class SampleStore:
 
     def export(self, out: Path) -> int:
         """Class folders of labelled crops (`adapt --labels` reads them) + index.csv. The
-        copies are faces too, so they are as private as the store's: folders 0700, files
-        0600, whatever the umask (before, 0755 and 0644: any local user could see them)."""
+        copies are faces too, so they are as private as the store's: the folders it makes
+        0700, the files 0600, whatever the umask (before, 0755 and 0644: any local user
+        could see them). A folder that exists keeps its mode (`export /tmp` must not
+        close /tmp)."""
         samples = self.list()
-        out.mkdir(parents=True, exist_ok=True)
-        out.chmod(0o700)
+        private_folder(out)
         rows = [["id", "time", "track_id", "predicted", "confidence", "label"]]
         for s in samples:
             folder = out / (s.label or "unlabelled")
-            folder.mkdir(exist_ok=True)
-            folder.chmod(0o700)
+            private_folder(folder)
             if self.crop_path(s.id).is_file():
                 write_private(folder / f"{s.id}.jpg", self.crop_path(s.id).read_bytes())
             rows.append([s.id, s.ts, s.track_id, s.predicted, s.confidence, s.label])
@@ -237,8 +244,12 @@ class SampleStore:
             ids = [r[0] for r in db.execute("SELECT id FROM samples")]
             self._delete(db, ids)
         asides = set_aside_stores(self.folder)
-        for aside, _ in asides:
-            shutil.rmtree(aside)
+        try:
+            for aside, _ in asides:
+                shutil.rmtree(aside)
+        except OSError as exc:
+            raise StateError(f"cannot delete the damaged sample store set aside at "
+                             f"{exc.filename}: {exc.strerror}") from None
         return len(ids), len(asides)
 
     def close(self) -> None:
