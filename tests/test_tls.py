@@ -264,62 +264,82 @@ def test_the_nats_cluster_config_holds_each_device_to_its_topics_over_tls(demo_c
     neither may publish where it does not belong (NATS acknowledges such a publish over
     MQTT 3.1.1 and drops it: its log is the only witness)."""
     with secured_nats(tmp_path) as cluster:
-        check_the_nats_cluster(cluster, demo_clip, tmp_path)
+        tls = {"ca_certs": str(cluster.ca)}
+        watcher = Collector(cluster.mqtt_ports[1], "maskwatch/#", client_id="watch-1",
+                            username="watcher", password=PASSWORDS["watcher"], tls=tls)
+        try:
+            produced = deliver_as_front_door(cluster, demo_clip, tmp_path)
+            assert produced > 5 and watcher.wait_for(
+                lambda: len({json.loads(p)["id"] for p in watcher.on("/events")}) == produced,
+                60)
+            for user, topic in (("front-door", "maskwatch/back-door/events"),
+                                ("watcher", "maskwatch/front-door/events")):
+                publish_as(user, topic, cluster)
+                assert log_says(cluster.logs["nats-1"], f'Publish Violation - User "{user}", '
+                                                        f'Subject "{topic.replace("/", ".")}"')
+            assert not any(b"forged" in payload for _, payload, _ in watcher.messages)
+        finally:
+            watcher.close()
+        home_assistant = Collector(cluster.mqtt_ports[2], "homeassistant/#", client_id="ha",
+                                   username="homeassistant",
+                                   password=PASSWORDS["homeassistant"], tls=tls)
+        try:  # the device's discovery, kept (retained) by the cluster; its status announced
+            assert home_assistant.wait_for(lambda: any(
+                "maskwatch_front-door" in topic for topic, _, _ in home_assistant.messages), 30)
+            home_assistant.client.publish("homeassistant/status", b"online", qos=1)
+            assert home_assistant.wait_for(lambda: home_assistant.on("homeassistant/status"), 30)
+        finally:
+            home_assistant.close()
+        assert not plain_mqtt_answers(cluster.mqtt_ports[0])
+        assert b"-ERR 'Authorization Violation'" in nats_protocol_answer(
+            cluster.client_port, "front-door", PASSWORDS["front-door"])
 
 
-def check_the_nats_cluster(cluster: SecuredNats, demo_clip: Path, tmp_path: Path) -> None:
-    mqtt_ports, ca, client_port, logs = (cluster.mqtt_ports, cluster.ca, cluster.client_port,
-                                         cluster.logs)
+def deliver_as_front_door(cluster: SecuredNats, clip: Path, tmp_path: Path) -> int:
+    """The agent on the clip as device and user front-door, over TLS, to the first node;
+    the number of events it made."""
     (tmp_path / "fd.pw").write_text(PASSWORDS["front-door"] + "\n")
     (tmp_path / "fd.pw").chmod(0o600)
-    watcher = Collector(mqtt_ports[1], "maskwatch/#", client_id="watch-1", username="watcher",
-                        password=PASSWORDS["watcher"], tls={"ca_certs": str(ca)})
+    run = subprocess.run(agent_command(
+        "run", "--source", str(clip), "--until-eof", "--set", "detect.fps=2",
+        "--set", f"state_dir={tmp_path / 'state'}", "--set", "device_id=front-door",
+        "--set", f"mqtt.hosts=[\"127.0.0.1:{cluster.mqtt_ports[0]}\"]",
+        "--set", "mqtt.username=front-door", "--set", f"mqtt.password_file={tmp_path}/fd.pw",
+        "--set", "mqtt.tls.enabled=true", "--set", f"mqtt.tls.ca_file={cluster.ca}",
+        "--set", "mqtt.require_tls=true"), capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stderr.count("person #")
+
+
+def publish_as(user: str, topic: str, cluster: SecuredNats) -> None:
+    """One forged QoS 1 publish on the first node, acknowledged (whether taken or not)."""
+    forger = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"forger-{user}")
+    forger.username_pw_set(user, PASSWORDS[user])
+    forger.tls_set(ca_certs=str(cluster.ca))
+    forger.connect("127.0.0.1", cluster.mqtt_ports[0])
+    forger.loop_start()
     try:
-        run = subprocess.run(agent_command(
-            "run", "--source", str(demo_clip), "--until-eof", "--set", "detect.fps=2",
-            "--set", f"state_dir={tmp_path / 'state'}", "--set", "device_id=front-door",
-            "--set", f"mqtt.hosts=[\"127.0.0.1:{mqtt_ports[0]}\"]",
-            "--set", "mqtt.username=front-door", "--set", f"mqtt.password_file={tmp_path}/fd.pw",
-            "--set", "mqtt.tls.enabled=true", "--set", f"mqtt.tls.ca_file={ca}",
-            "--set", "mqtt.require_tls=true"), capture_output=True, text=True, timeout=180)
-        produced = run.stderr.count("person #")
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert produced > 5 and watcher.wait_for(
-            lambda: len({json.loads(p)["id"] for p in watcher.on("/events")}) == produced, 60)
-        for user, topic in (("front-door", "maskwatch/back-door/events"),
-                            ("watcher", "maskwatch/front-door/events")):
-            forger = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"forger-{user}")
-            forger.username_pw_set(user, PASSWORDS[user])
-            forger.tls_set(ca_certs=str(ca))
-            forger.connect("127.0.0.1", mqtt_ports[0])
-            forger.loop_start()
-            forger.publish(topic, b'{"forged": true}', qos=1).wait_for_publish(30)
-            forger.disconnect()
-            forger.loop_stop()
-            assert log_says(logs["nats-1"], f'Publish Violation - User "{user}", '
-                                            f'Subject "{topic.replace("/", ".")}"')
-        assert not any(b"forged" in payload for _, payload, _ in watcher.messages)
+        forger.publish(topic, b'{"forged": true}', qos=1).wait_for_publish(30)
     finally:
-        watcher.close()
-    home_assistant = Collector(mqtt_ports[2], "homeassistant/#", client_id="ha",
-                               username="homeassistant",
-                               password=PASSWORDS["homeassistant"], tls={"ca_certs": str(ca)})
-    try:  # the device's discovery, kept (retained) by the cluster; its own status announced
-        assert home_assistant.wait_for(lambda: any(
-            "maskwatch_front-door" in topic for topic, _, _ in home_assistant.messages), 30)
-        home_assistant.client.publish("homeassistant/status", b"online", qos=1)
-        assert home_assistant.wait_for(lambda: home_assistant.on("homeassistant/status"), 30)
-    finally:
-        home_assistant.close()
-    with socket.create_connection(("127.0.0.1", mqtt_ports[0]), timeout=10) as plain:
-        plain.sendall(PLAIN_CONNECT)  # no plain MQTT: TLS alone, so no CONNACK (0x20)
+        forger.disconnect()
+        forger.loop_stop()
+
+
+def plain_mqtt_answers(port: int) -> bool:
+    """Does a plain (not TLS) MQTT CONNECT get a CONNACK (0x20) on this port?"""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        plain.sendall(PLAIN_CONNECT)
         try:
-            answer = plain.recv(4096)
+            return plain.recv(4096).startswith(b"\x20")
         except ConnectionResetError:
-            answer = b""
-        assert not answer.startswith(b"\x20"), answer
-    with socket.create_connection(("127.0.0.1", client_port), timeout=10) as nats_protocol:
+            return False
+
+
+def nats_protocol_answer(port: int, user: str, password: str) -> bytes:
+    """What a NATS server answers a CONNECT with these credentials and a PING."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as nats_protocol:
         nats_protocol.recv(4096)  # INFO
-        nats_protocol.sendall(b'CONNECT {"user":"front-door","pass":"fd-pass","verbose":false,'
-                              b'"pedantic":false}\r\nPING\r\n')
-        assert b"-ERR 'Authorization Violation'" in nats_protocol.recv(4096)
+        nats_protocol.sendall(b"CONNECT " + json.dumps(
+            {"user": user, "pass": password, "verbose": False, "pedantic": False}).encode()
+            + b"\r\nPING\r\n")
+        return nats_protocol.recv(4096)
