@@ -3,7 +3,9 @@
 # is bookworm arm64) with debootstrap, run it under qemu-user-static, install the device
 # package there from a wheel built here (no TensorFlow), and require that `mask-agent demo`
 # works and that `mask-agent detect --json` on dev images gives the same boxes and labels
-# as on this machine.
+# as on this machine; then run deploy/install.sh there as on a Pi (apt, the maskwatch
+# user, systemd-python compiled on arm64, config, unit; no systemctl: no systemd runs in a
+# chroot) and the installed agent as that user with the installed config.
 #
 #   sudo deploy/arm64-check.sh [--images N] [--keep]      (root: debootstrap, chroot, mount)
 #
@@ -126,4 +128,20 @@ print(f"{len(x86)} images, {faces} faces: {'identical' if not differ else f'{dif
 sys.exit(1 if differ else 0)
 PYCODE
 done
+step "deploy/install.sh inside the arm64 root (apt, user maskwatch, systemd-python built)"
+mkdir -p "$ROOTFS/check/maskwatch"
+(cd "$SRC" && tar --exclude=__pycache__ -cf - pyproject.toml README.md config.yaml agent \
+  convert deploy) | tar -C "$ROOTFS/check/maskwatch" -xf -
+chroot "$ROOTFS" /usr/bin/env -u PIP_FIND_LINKS /bin/bash \
+  /check/maskwatch/deploy/install.sh --no-systemctl 2>&1 | grep -v "^E: Can not write log" |
+  tail -3
+
+step "the installed agent as user maskwatch, with the installed config (Cortex-A72)"
+first=$(ls "$WORK/images" | head -1)
+QEMU_CPU=cortex-a72 chroot "$ROOTFS" runuser -u maskwatch -- /bin/sh -c \
+  "cd /var/lib/maskwatch && /opt/maskwatch/venv/bin/python -c 'import systemd.daemon' &&
+   /opt/maskwatch/venv/bin/mask-agent detect --config /etc/maskwatch/config.yaml \
+   --json /check/images/$first" | tee "$WORK/installed.json" | head -c 200; echo
+grep -q '"faces"' "$WORK/installed.json"
+
 step "arm64 check passed"

@@ -11,6 +11,7 @@ skips elsewhere.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -107,9 +108,15 @@ automation:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> HomeAssistant:
+        # a temporary folder of its own: Home Assistant keeps the MQTT certificate in
+        # <tmp>/home-assistant-mqtt (0700, and looks into it at every start), so the one
+        # root's run of the suite left in /tmp failed the sudo user's run (PermissionError)
+        tmp = self.config.parent / "ha-tmp"
+        tmp.mkdir(exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([str(self.hass), "-c", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "TMPDIR": str(tmp)})
         return self
 
     def stop(self) -> None:
