@@ -490,7 +490,13 @@ def test_a_broker_that_never_answers_is_reported(tmp_path):
         silent.close()
 
 
-def test_outbox_drops_are_logged_once_a_minute(tmp_path, caplog):
+def test_outbox_drops_are_logged_once_a_minute(tmp_path, caplog, monkeypatch):
+    from maskwatch.agent.delivery import outbox as outbox_module
+    from maskwatch.agent.throttle import Throttle
+
+    # the module's throttle remembers the drops of earlier tests in this process (within
+    # a minute, test_delivery's): this test starts it afresh
+    monkeypatch.setattr(outbox_module, "throttle", Throttle(outbox_module.log))
     caplog.set_level(logging.WARNING, "maskwatch.outbox")
     outbox = ResilientOutbox(tmp_path / "o.sqlite3", max_events=3)
     for i in range(10):
