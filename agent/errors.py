@@ -8,8 +8,6 @@ Configuration and model problems exit 78 (EX_CONFIG) so systemd's
 
 from __future__ import annotations
 
-import sqlite3
-
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unexpected internal error (a bug: please report it)
 EXIT_USAGE = 2  # wrong command-line arguments
@@ -22,16 +20,6 @@ EXIT_TEMPFAIL = 75  # try again later: --until-eof ended with events not yet del
 # in the outbox), or another agent runs with this state directory
 EXIT_NOPERM = 77  # --until-eof ended with events the broker refused (its ACL; kept)
 EXIT_CONFIG = 78  # invalid configuration or model file
-
-
-# what SQLite says of a file it cannot read as a database (SQLITE_NOTADB, SQLITE_CORRUPT):
-# no retry makes it one, so the outbox and the sample store set such a file aside
-SQLITE_DAMAGED = ("file is not a database", "database disk image is malformed")
-
-
-def is_damaged_database(exc: BaseException) -> bool:
-    """Does this SQLite error say the file is damaged (not a lock, not a full disk)?"""
-    return isinstance(exc, sqlite3.DatabaseError) and any(t in str(exc) for t in SQLITE_DAMAGED)
 
 
 class MaskwatchError(Exception):

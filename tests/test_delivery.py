@@ -276,6 +276,8 @@ def test_only_the_newest_damaged_outboxes_are_kept(tmp_path):
     for stamp in older:
         for suffix in ("", "-wal"):
             (tmp_path / f"outbox.sqlite3.damaged-{stamp}{suffix}").write_bytes(b"old")
+    stranger = tmp_path / "outbox.sqlite3.damaged-notes.txt"  # not one of ours: stays
+    stranger.write_bytes(b"someone's notes")
     path.write_bytes(b"damaged")
     (tmp_path / "outbox.sqlite3-wal").write_bytes(b"its wal")
     aside = set_aside(path)
@@ -284,7 +286,7 @@ def test_only_the_newest_damaged_outboxes_are_kept(tmp_path):
     left = sorted(p.name for p in tmp_path.iterdir())
     newest = older[-(KEEP_DAMAGED - 1):]
     kept = [f"outbox.sqlite3.damaged-{stamp}{x}" for stamp in newest for x in ("", "-wal")]
-    assert left == sorted([aside.name, f"{aside.name}-wal", *kept])
+    assert left == sorted([aside.name, f"{aside.name}-wal", *kept, stranger.name])
 
 
 def test_the_watchers_check_tells_a_device_numbering_anew_from_duplicates():

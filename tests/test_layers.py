@@ -1,8 +1,9 @@
 """Imports go one way: a part of the agent never imports a part above it.
 
-The agent's folders are layers (CONTRIBUTING.md): the base (`errors`, `settings`, the
-package's `__version__`), then `vision` (frames in, labelled faces out), `people` (faces
-over time, events), `delivery` and `site` (side by side: neither imports the other), `web`,
+The agent's folders are layers (CONTRIBUTING.md): the base (`errors`, `settings`,
+`throttle`, `damaged`, the package's `__version__`), then `vision` (frames in, labelled
+faces out), `people` (faces over time, events), `delivery` and `site` (side by side:
+neither imports the other), `web`,
 the wiring at the top (`cli`, `service`, `pipeline`, `factory`, `config`, ...), and `bench`
 above all, which only `cli` loads, inside a bench command. Every import in every module is
 read from its syntax tree, those inside functions and under TYPE_CHECKING too.
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 AGENT = Path(__file__).resolve().parent.parent / "agent"
-BASE = {"__init__", "errors", "settings", "throttle"}
+BASE = {"__init__", "damaged", "errors", "settings", "throttle"}
 RANKS = {"base": 0, "vision": 1, "people": 2, "delivery": 3, "site": 3, "web": 4, "top": 5,
          "bench": 6}
 PARTS = ("vision", "people", "delivery", "site", "web", "bench")

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from ..errors import StateError, is_damaged_database
+from ..damaged import aside_path, beyond_newest, is_damaged_database
+from ..errors import StateError
 from ..throttle import Throttle
 
 log = logging.getLogger("maskwatch.outbox")
@@ -78,18 +79,14 @@ def set_aside(path: Path) -> Path:
     """Move a damaged outbox (and its -wal and -shm files) to `<name>.damaged-<UTC time>`,
     out of the way of a new one and kept for whoever looks; returns the new name. Only the
     newest KEEP_DAMAGED are kept: a failing card must not fill itself with them."""
-    prefix = f"{path.name}.damaged-"
-    aside = path.with_name(prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    aside = aside_path(path)
     try:
         for suffix in ("", "-wal", "-shm"):
             part = Path(f"{path}{suffix}")
             if part.exists():
                 part.replace(f"{aside}{suffix}")
-        kept = list(path.parent.glob(prefix + "*"))
-        times = sorted({old.name[len(prefix):][:16] for old in kept})  # YYYYmmddTHHMMSSZ
-        for old in kept:
-            if old.name[len(prefix):][:16] in times[:-KEEP_DAMAGED]:
-                old.unlink()
+        for old in beyond_newest(path, KEEP_DAMAGED):
+            old.unlink()
     except OSError as exc:
         raise StateError(f"cannot move the damaged event outbox {path} aside: "
                          f"{exc.strerror}") from None

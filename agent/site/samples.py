@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as dt
 import io
 import os
 import random
@@ -33,7 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import StateError, UsageError, is_damaged_database
+from ..damaged import aside_path, asides, beyond_newest, is_damaged_database
+from ..errors import StateError, UsageError
 from ..vision.decision import MASK, NO_MASK
 
 SKIP = "skip"
@@ -51,8 +51,6 @@ CREATE TABLE IF NOT EXISTS samples (
     bytes INTEGER NOT NULL,
     label TEXT
 )"""
-DAMAGED_INFIX = ".damaged-"  # <store folder>.damaged-<UTC time>: a store set aside
-STAMP = "%Y%m%dT%H%M%SZ"
 KEEP_DAMAGED = 3  # set-aside stores kept at most (each until its retention passes)
 COLUMNS = {"id", "ts", "track_id", "predicted", "confidence", "p_no_mask", "reason",
            "features", "bytes", "label"}
@@ -106,6 +104,7 @@ class SampleStore:
         self.max_samples, self.max_bytes = max_samples, max_bytes
         self.retention_s = retention_days * 86400
         self._lock = threading.Lock()
+        db = None
         try:
             self.crops.mkdir(parents=True, exist_ok=True)
             for private in (self.folder, self.crops):  # faces: the service user's alone
@@ -113,20 +112,21 @@ class SampleStore:
             db_path = self.folder / "samples.sqlite3"
             os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
             db_path.chmod(0o600)
-            self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=5)
-            self._db.execute(SCHEMA)
-            self._db.commit()
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(samples)")}
+            db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=5)
+            db.execute(SCHEMA)
+            db.commit()
+            columns = {row[1] for row in db.execute("PRAGMA table_info(samples)")}
             # a damaged page inside a readable file shows only when it is read: look at
             # every page now (a few MB), not at the first sample kept or listed
-            problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if problem != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({problem})")
         except (OSError, sqlite3.Error) as exc:
             error = DamagedStore if is_damaged_database(exc) else StateError
-            if hasattr(self, "_db"):
-                self._db.close()  # a damaged store is moved aside next: nothing may hold it
+            if db is not None:
+                db.close()  # a damaged store is moved aside next: nothing may hold it
             raise error(f"cannot open the sample store in {self.folder}: {exc}") from None
+        self._db = db
         if columns != COLUMNS:
             raise StateError(f"cannot open the sample store in {self.folder}: "
                              "samples.sqlite3 holds another program's table (move it away)")
@@ -154,17 +154,21 @@ class SampleStore:
                  p_no_mask, reason, features.astype(np.float16).tobytes(), len(jpeg)))
             sample_id = int(cursor.lastrowid)
             write_private(self.crop_path(sample_id), jpeg.tobytes())
-        self.prune()
+        self._prune_samples(time.time())
         return sample_id
 
     def prune(self, now: float | None = None) -> int:
         """Drop samples past retention, then the oldest unlabelled (then oldest labelled)
-        ones until count and bytes fit, and the set-aside stores whose retention passed.
-        Returns how many samples went."""
+        ones until count and bytes fit, and the set-aside stores whose retention passed
+        (the periodic sweep; `add` prunes samples only). Returns how many samples went."""
         now = time.time() if now is None else now
-        for aside, when in set_aside_stores(self.folder):
+        for aside, when in asides(self.folder):
             if when < now - self.retention_s:
                 shutil.rmtree(aside, ignore_errors=True)
+        return self._prune_samples(now)
+
+    def _prune_samples(self, now: float) -> int:
+        """Samples past retention, then the oldest beyond the bounds, deleted; how many."""
         with self._tx() as db:
             doomed = [r[0] for r in db.execute("SELECT id FROM samples WHERE ts < ?",
                                                (now - self.retention_s,))]
@@ -243,43 +247,29 @@ class SampleStore:
         with self._tx() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM samples")]
             self._delete(db, ids)
-        asides = set_aside_stores(self.folder)
+        old_stores = asides(self.folder)
         try:
-            for aside, _ in asides:
+            for aside, _ in old_stores:
                 shutil.rmtree(aside)
         except OSError as exc:
             raise StateError(f"cannot delete the damaged sample store set aside at "
                              f"{exc.filename}: {exc.strerror}") from None
-        return len(ids), len(asides)
+        return len(ids), len(old_stores)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def set_aside_stores(folder: Path) -> list[tuple[Path, float]]:
-    """(folder, when it was set aside, as a UNIX time) of each set-aside store, oldest
-    first."""
-    found = []
-    for aside in folder.parent.glob(folder.name + DAMAGED_INFIX + "*"):
-        stamp = aside.name[len(folder.name + DAMAGED_INFIX):][:16]
-        try:
-            when = dt.datetime.strptime(stamp, STAMP).replace(tzinfo=dt.timezone.utc)
-        except ValueError:
-            continue  # not one of ours
-        found.append((aside, when.timestamp()))
-    return sorted(found, key=lambda item: item[1])
-
-
 def set_aside(folder: Path) -> Path:
     """Move a damaged store (its index and crops) to `<folder>.damaged-<UTC time>`, out of
     the way of a new one; only the newest KEEP_DAMAGED are kept."""
-    aside = folder.with_name(folder.name + DAMAGED_INFIX + time.strftime(STAMP, time.gmtime()))
+    aside = aside_path(folder)
     try:
         if aside.exists():  # set aside twice within a second: one is enough to keep
             shutil.rmtree(aside)
         folder.replace(aside)
-        for old, _ in set_aside_stores(folder)[:-KEEP_DAMAGED]:
+        for old in beyond_newest(folder, KEEP_DAMAGED):
             shutil.rmtree(old)
     except OSError as exc:
         raise StateError(f"cannot move the damaged sample store {folder} aside: "
