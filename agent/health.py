@@ -59,6 +59,26 @@ class Health:
             return "degraded"
         return "online"
 
+    def status_line(self, status: str, fps: float | None, outbox: OutboxView,
+                    delivery: DeliveryView | None) -> str:
+        """The line `systemctl status maskwatch` shows (sd_notify's STATUS=): what an
+        operator asks first, in one line: does it see, does it deliver (and if not, why),
+        what waits, whom it counted. (It said only `online` through a broker outage.)"""
+        detail = self.source_error or outbox.error
+        parts = [f"{status}: {detail}" if detail else status]
+        if fps is not None:  # measured every few seconds: not yet at the start
+            parts.append(f"{fps:.1f} fps")
+        if delivery is not None:
+            if delivery.is_connected() and not delivery.refusing:
+                parts.append(f"delivering to {delivery.broker}")
+            else:
+                parts.append(delivery.last_error or f"not connected to {delivery.broker} yet")
+        waiting = outbox.depth()
+        parts.append(f"{waiting} events waiting in the outbox" if waiting else "outbox empty")
+        counted = ", ".join(f"{n} {label}" for label, n in sorted(self.people.items()))
+        parts.append(f"people: {counted or 'none yet'}")
+        return "; ".join(parts)
+
     def stats_due(self, interval_s: float) -> bool:
         return time.monotonic() - self._last_stats >= interval_s
 

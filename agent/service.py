@@ -48,6 +48,7 @@ UNTIL_EOF_DRAIN_S = 60.0  # the broker answered before: give it time to take the
 NEVER_CONNECTED_DRAIN_S = 10.0  # no broker so far: don't hold the exit for a minute
 STOP_DRAIN_S = 5.0
 PRUNE_EVERY_S = 600.0  # crops past adapt.retention_days go within ten minutes
+STATUS_EVERY_S = 5.0  # systemd's status line (fps, outbox, people) is refreshed this often
 
 
 def wall_clock(ts: float, live: bool, file_offset: float) -> float:
@@ -95,8 +96,11 @@ class Agent:
         self._context: EventContext | None = None
         self._clock_offset = 0.0  # wall time of video time 0 (files)
         self._live = False
-        self._was_refusing = False
+        self._delivery_state = (False, False)  # (connected, refused) when last told
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        self._next_status = time.monotonic() + STATUS_EVERY_S
+        self._fps: float | None = None  # frames a second, once measured
+        self._fps_since = (time.monotonic(), 0)
 
     def _open_samples(self):
         """The site sample store, or None: not needed, or unusable (another program's
@@ -160,18 +164,28 @@ class Agent:
         return fresh.detector, fresh.classifier
 
     def _update_status(self) -> None:
+        """The retained `status` word, and systemd's status line (`systemctl status`)."""
         status = self.status_text()
         self.publisher.set_status(status)
-        detail = self.health.source_error or self.outbox.error or ""
-        self.notifier.status(f"{status}: {detail}" if detail else
-                             f"{status}; {self.pipeline.stats.frames} frames, "
-                             f"outbox {self.outbox.depth()}")
+        self._next_status = time.monotonic() + STATUS_EVERY_S
+        self.notifier.status(self.health.status_line(
+            status, self._fps, self.outbox, self.publisher if self.publish else None))
+
+    def _measure_fps(self) -> None:
+        """Frames a second since the last measure (every STATUS_EVERY_S)."""
+        now, frames = time.monotonic(), self.pipeline.stats.frames
+        since, before = self._fps_since
+        self._fps, self._fps_since = (frames - before) / max(1e-6, now - since), (now, frames)
 
     def _tick(self) -> None:
         """Housekeeping between frames: watchdog, outbox recovery, periodic stats."""
         self.notifier.watchdog()
-        if self.publisher.refusing != self._was_refusing:  # `unauthorized` comes and goes
-            self._was_refusing = self.publisher.refusing
+        delivery_state = (self.publisher.is_connected(), self.publisher.refusing)
+        if delivery_state != self._delivery_state:  # the broker, `unauthorized`: come and go
+            self._delivery_state = delivery_state
+            self._update_status()
+        elif time.monotonic() >= self._next_status:
+            self._measure_fps()
             self._update_status()
         if self.outbox.degraded and self.outbox.maintain():
             self._update_status()
@@ -252,6 +266,7 @@ class Agent:
                         "and Home Assistant entities merge into one device",
                         self.cfg.device_id)
         self.notifier.ready(f"{self.status_text()}; source {hide_credentials(uri)}")
+        self._fps_since = (time.monotonic(), self.pipeline.stats.frames)  # from the start
         started = time.monotonic()
         try:
             while True:

@@ -53,6 +53,46 @@ def test_ready_watchdog_status_and_stop(notify_socket, broker, demo_clip, tmp_pa
     assert any("STOPPING=1" in m for m in messages)
 
 
+def status_until(sock, wanted: str, seconds: float = 60) -> str:
+    """The first STATUS= line holding `wanted` (systemd's `systemctl status` line)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(socket.timeout):
+            for line in sock.recv(4096).decode().splitlines():
+                if line.startswith("STATUS=") and wanted in line:
+                    return line[len("STATUS="):]
+    raise AssertionError(f"no status line with {wanted!r} in {seconds} s")
+
+
+def test_the_systemd_status_line_says_whether_events_are_delivered(
+        notify_socket, broker, demo_clip, tmp_path):
+    """`systemctl status maskwatch` is where an operator looks first. Through a broker
+    outage it said `online` and nothing more (seen under systemd as PID 1): now it names
+    the broker, why it is not delivering, what waits in the outbox, and whom it counted."""
+    path, sock = notify_socket
+    env = {**os.environ, "NOTIFY_SOCKET": path}
+    proc = subprocess.Popen(agent_command(
+        "run", "--source", str(demo_clip), "--set", "source.realtime=true",
+        "--set", "source.loop=true", "--set", f"state_dir={tmp_path}",
+        "--set", f"mqtt.port={broker.port}", "--set", "mqtt.host=127.0.0.1"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = status_until(sock, "with_mask")  # the demo's people, once decided
+        assert line.startswith("online; ") and \
+            f" fps; delivering to 127.0.0.1:{broker.port}; " in line, line
+        broker.stop()
+        line = status_until(sock, "events waiting in the outbox")
+        assert f"MQTT broker 127.0.0.1:{broker.port}" in line, line
+        assert "delivering" not in line
+        broker.start()
+        line = status_until(sock, f"delivering to 127.0.0.1:{broker.port}")
+        assert "outbox" in line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+
+
 def test_run_with_bad_config_exits_78(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("detect:\n  fps: -1\n")
