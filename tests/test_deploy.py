@@ -215,6 +215,7 @@ def test_ci_runs_the_readme_commands():
     assert test_command in ci.splitlines()
     assert "deploy/arm64-check.sh" in ci and "deploy/container-check.sh" in ci
     assert "deploy/python-versions-check.sh" in ci  # 3.9 and 3.13 beside 3.11
+    assert "deploy/systemd-check.sh" in ci  # the unit under systemd as PID 1
     assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/mask-agent demo" \
         in readme  # the first command: works with no camera, broker or ../shared
 

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# The operator's path under a real systemd (PID 1): boot a Debian bookworm root with
+# systemd-nspawn, run deploy/install.sh in it as a sudo user from their checkout, as the
+# README says, then prove what the unit promises:
+#   - Type=notify: the service is `active` once the model and the source are up, and
+#     `systemctl status` shows the status line (fps, broker, outbox, people);
+#   - every hardening setting in deploy/maskwatch.service holds the agent as it runs: it
+#     reads a looping clip (the camera's stand-in) and delivers to Mosquitto in the box;
+#   - WatchdogSec: a stalled loop (SIGSTOP) is killed and restarted;
+#   - a broker outage and a SIGKILL meanwhile lose no event: the subscriber gets seq 1..N
+#     with no gap; the outage is a warning in the journal (`-p warning`), people are not;
+#   - RestartPreventExitStatus=78: a bad config fails once, with its one-line error, and
+#     is not restarted;
+#   - `install.sh --uninstall --purge` leaves no unit, venv, config or state.
+#
+#   sudo deploy/systemd-check.sh [--keep]        (root: debootstrap, systemd-nspawn)
+#
+# Needs: apt packages debootstrap and systemd-container (installed when missing), access
+# to the Debian mirror and PyPI. Built under .cache/systemd in the repository, removed at
+# the end (--keep keeps it). About 4 minutes.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+. "$SRC/deploy/checkout.sh"
+KEEP=0
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "systemd-check: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "systemd-check: run as root (debootstrap, systemd-nspawn)" >&2; exit 2; }
+
+WORK="$SRC/.cache/systemd"
+ROOTFS="$WORK/root"
+BOX=maskwatch-check
+started=$(date +%s)
+step() { echo "== [$(( $(date +%s) - started ))s] $*"; }
+fail() { echo "systemd-check: FAILED: $*" >&2; in_box journalctl -u maskwatch --no-pager -n 30 >&2 || true; exit 1; }
+NSPAWN_PID=""
+INIT_PID=""
+
+cleanup() {
+  if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+    kill -TERM "$NSPAWN_PID" 2>/dev/null || true   # nspawn halts the box's systemd
+    for _ in $(seq 1 60); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$NSPAWN_PID" 2>/dev/null || true
+  fi
+  if [ "$KEEP" = 0 ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# in_box CMD...: run CMD inside the booted box (all of PID 1's namespaces), a clean env
+in_box() {
+  nsenter -t "$INIT_PID" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"
+}
+unit() { in_box systemctl show maskwatch -p "$1" --value; }
+# wait_for SECONDS WHAT CMD...: CMD succeeds within SECONDS, or the check fails
+wait_for() {
+  local seconds=$1 what=$2; shift 2
+  local deadline=$(( $(date +%s) + seconds ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "$what (not within $seconds s)"
+    sleep 1
+  done
+}
+status_has() { unit StatusText | grep -q -- "$1"; }
+restarts_are() { [ "$(unit NRestarts)" = "$1" ] && [ "$(unit ActiveState)" = active ]; }
+
+step "tools"
+if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then
+  apt-get install -y -qq debootstrap systemd-container >/dev/null
+fi
+# nspawn keeps its mount propagation folder under /run/systemd/nspawn and, as a safety
+# rule, removes it only from a tmpfs; a host whose /run is on disk (a container, a CI
+# runner) needs one there
+mkdir -p /run/systemd/nspawn
+if [ "$(stat -f -c %T /run/systemd/nspawn)" != tmpfs ]; then
+  mount -t tmpfs -o mode=0755 tmpfs /run/systemd/nspawn
+fi
+
+step "debootstrap bookworm $(dpkg --print-architecture) with systemd"
+checkout_dir "$SRC/.cache"
+rm -rf "$WORK" && mkdir -p "$WORK"
+debootstrap --variant=minbase \
+  --include=systemd,systemd-sysv,dbus,sudo,python3,python3-venv,ca-certificates,mosquitto,mosquitto-clients,procps \
+  bookworm "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
+  tail -20 "$WORK/debootstrap.log" >&2; exit 69; }
+cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# the host's CA bundle: where PyPI is reached through a TLS-inspecting proxy, the box needs it
+cp -L /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOTFS/etc/pip.conf"
+echo "$BOX" > "$ROOTFS/etc/hostname"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t%s\n' "$BOX" > "$ROOTFS/etc/hosts"
+
+# the box shares the host's network (the installer needs the mirror and PyPI): its
+# Mosquitto listens on a free loopback port, not on a 1883 the host may be using
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$PORT" > "$ROOTFS/etc/mosquitto/conf.d/check.conf"
+
+step "a sudo user with the checkout, as on a Pi"
+chroot "$ROOTFS" useradd -m -s /bin/bash pi
+echo "pi ALL=(ALL) NOPASSWD: ALL" > "$ROOTFS/etc/sudoers.d/pi"
+mkdir -p "$ROOTFS/home/pi/maskwatch"
+(cd "$SRC" && tar --exclude=__pycache__ -cf - pyproject.toml README.md config.yaml agent \
+  convert deploy) | tar -C "$ROOTFS/home/pi/maskwatch" -xf -
+chroot "$ROOTFS" chown -R pi:pi /home/pi/maskwatch
+
+step "boot it: systemd as PID 1 (systemd-nspawn)"
+# --register=no --keep-unit: no systemd-machined or system bus is needed on the host
+systemd-nspawn -D "$ROOTFS" -M "$BOX" --boot --console=pipe --register=no --keep-unit \
+  >"$WORK/boot.log" 2>&1 &
+NSPAWN_PID=$!
+for _ in $(seq 1 120); do
+  INIT_PID=$(pgrep -P "$NSPAWN_PID" -x systemd || true)
+  [ -n "$INIT_PID" ] && break
+  kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/boot.log" >&2; exit 69; }
+  sleep 0.5
+done
+[ -n "$INIT_PID" ] || { echo "systemd-check: the box did not boot" >&2; exit 69; }
+wait_for 120 "the box's systemd reached running" sh -c \
+  "nsenter -t $INIT_PID -a systemctl is-system-running | grep -Eq 'running|degraded'"
+in_box systemctl is-active mosquitto >/dev/null || fail "mosquitto did not start in the box"
+
+step "sudo deploy/install.sh (as pi, from pi's checkout)"
+in_box runuser -u pi -- sh -c 'cd ~/maskwatch && sudo deploy/install.sh' | tail -3
+[ "$(unit ActiveState)" = active ] || fail "the installer left the service not active"
+root_owned=$(in_box find /home/pi/maskwatch ! -user pi | head -3)
+[ -z "$root_owned" ] || fail "the installer left root-owned files in the checkout: $root_owned"
+
+step "configure: device_id, a looping clip as the camera, the box's Mosquitto"
+clip=$(in_box sh -c 'ls /opt/maskwatch/venv/lib/python3*/site-packages/maskwatch/agent/demo/street_demo.mp4')
+in_box sed -i -e 's|^device_id: null|device_id: door-check|' \
+  -e "s|^  uri: '0'|  uri: $clip|" -e 's|^  realtime: false|  realtime: true|' \
+  -e 's|^  loop: false|  loop: true|' -e "s|^  port: 1883|  port: $PORT|" \
+  /etc/maskwatch/config.yaml
+in_box sh -c "mosquitto_sub -h localhost -p $PORT -t maskwatch/door-check/events -q 1 \\
+  -i checker -c > /root/events.jsonl 2>/root/sub.err &"
+in_box systemctl restart maskwatch
+wait_for 60 "events delivered and counted on the status line" status_has "delivering to localhost:$PORT; .*people: [0-9]"
+echo "   Status: $(unit StatusText)"
+[ "$(unit Type)" = notify ] && [ "$(unit WatchdogUSec)" = 30s ] || fail "not Type=notify with a watchdog"
+[ "$(in_box stat -c '%U %a' /var/lib/maskwatch)" = "maskwatch 750" ] || fail "state dir owner/mode"
+
+step "watchdog: a stalled loop (SIGSTOP) is killed and restarted"
+in_box kill -STOP "$(unit MainPID)"
+wait_for 120 "a restart after the watchdog timeout" restarts_are 1
+in_box journalctl -u maskwatch --no-pager -o cat | grep -m1 "Watchdog timeout" ||
+  fail "no watchdog timeout in the journal"
+wait_for 60 "delivering again after the restart" status_has "delivering to localhost:$PORT"
+
+step "a broker outage, and a SIGKILL meanwhile: no event lost"
+in_box systemctl stop mosquitto
+wait_for 60 "events waiting in the outbox" status_has "events waiting in the outbox"
+echo "   Status: $(unit StatusText)"
+in_box systemctl kill -s KILL maskwatch
+wait_for 60 "a restart after SIGKILL" restarts_are 2
+warnings=$(in_box journalctl -u maskwatch -p warning --no-pager -o cat)
+echo "$warnings" | grep -q "cannot connect to MQTT broker\|disconnected from MQTT broker" ||
+  fail "the broker outage is not a warning in the journal"
+! echo "$warnings" | grep -q "person #" || fail "info lines (people) logged as warnings"
+in_box systemctl start mosquitto
+wait_for 90 "the outbox emptied to the broker" status_has "delivering to localhost:$PORT; outbox empty"
+echo "   Status: $(unit StatusText)"
+in_box systemctl stop maskwatch   # its people end: the last events, drained to the broker
+last=$(in_box /opt/maskwatch/venv/bin/python -c 'import sqlite3
+db = sqlite3.connect("file:/var/lib/maskwatch/outbox.sqlite3?mode=ro", uri=True)
+print(db.execute("SELECT value FROM counters WHERE name = ?", ("events",)).fetchone()[0])')
+got_last() { python3 -c 'import json, sys
+seqs = [json.loads(l)["seq"] for l in open(sys.argv[1]) if l.strip()]
+sys.exit(0 if seqs and max(seqs) >= int(sys.argv[2]) else 1)' "$ROOTFS/root/events.jsonl" "$last"; }
+wait_for 60 "the subscriber got the last event (seq $last)" got_last
+in_box pkill -x mosquitto_sub || true
+python3 - "$ROOTFS/root/events.jsonl" <<'PYCODE'
+import json, sys
+seqs = [json.loads(line)["seq"] for line in open(sys.argv[1]) if line.strip()]
+assert seqs, "no events reached the subscriber"
+got = sorted(set(seqs))
+missing = sorted(set(range(1, got[-1] + 1)) - set(got))
+print(f"   {len(seqs)} events received, seq 1..{got[-1]}, {len(seqs) - len(got)} duplicates, "
+      f"{len(missing)} missing")
+sys.exit(1 if missing or got[0] != 1 else 0)
+PYCODE
+
+step "a bad config: its one-line error, exit 78, no restart"
+in_box sed -i 's|^  max_side: 480|  max_side: -3|' /etc/maskwatch/config.yaml
+in_box systemctl reset-failed maskwatch 2>/dev/null || true
+in_box systemctl start maskwatch 2>/dev/null || true
+wait_for 30 "the service failed" sh -c "[ \"\$(nsenter -t $INIT_PID -a systemctl show maskwatch -p ActiveState --value)\" = failed ]"
+[ "$(unit ExecMainStatus)" = 78 ] && [ "$(unit NRestarts)" = 0 ] || fail "not exit 78 without restart"
+in_box journalctl -u maskwatch --no-pager -o cat | grep -m1 "error: config: detect.max_side" ||
+  fail "the config error is not in the journal"
+
+step "systemd-analyze security, as installed"
+in_box systemd-analyze security maskwatch --no-pager | tail -1
+
+step "sudo deploy/install.sh --uninstall --purge"
+in_box runuser -u pi -- sh -c 'cd ~/maskwatch && sudo deploy/install.sh --uninstall --purge' | tail -1
+for gone in /etc/systemd/system/maskwatch.service /opt/maskwatch /etc/maskwatch /var/lib/maskwatch; do
+  ! in_box test -e "$gone" || fail "$gone is still there"
+done
+step "systemd check passed"
