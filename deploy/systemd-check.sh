@@ -9,6 +9,8 @@
 #   - WatchdogSec: a stalled loop (SIGSTOP) is killed and restarted;
 #   - a broker outage and a SIGKILL meanwhile lose no event: the subscriber gets seq 1..N
 #     with no gap; the outage is a warning in the journal (`-p warning`), people are not;
+#   - a power cut (the box's PID 1 killed): at the next boot the unit starts by itself,
+#     its outbox opens whole and the events' numbering goes on;
 #   - RestartPreventExitStatus=78: a bad config fails once, with its one-line error, and
 #     is not restarted;
 #   - `install.sh --uninstall --purge` leaves no unit, venv, config or state.
@@ -108,21 +110,37 @@ mkdir -p "$ROOTFS/home/pi/maskwatch"
   convert deploy) | tar -C "$ROOTFS/home/pi/maskwatch" -xf -
 chroot "$ROOTFS" chown -R pi:pi /home/pi/maskwatch
 
+# boot_box: systemd as PID 1 in the root; sets NSPAWN_PID and INIT_PID
+boot_box() {
+  # --register=no --keep-unit: no systemd-machined or system bus is needed on the host
+  systemd-nspawn -D "$ROOTFS" -M "$BOX" --boot --console=pipe --register=no --keep-unit \
+    >>"$WORK/boot.log" 2>&1 &
+  NSPAWN_PID=$!
+  INIT_PID=""
+  for _ in $(seq 1 120); do
+    INIT_PID=$(pgrep -P "$NSPAWN_PID" -x systemd || true)
+    [ -n "$INIT_PID" ] && break
+    kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/boot.log" >&2; exit 69; }
+    sleep 0.5
+  done
+  [ -n "$INIT_PID" ] || { echo "systemd-check: the box did not boot" >&2; exit 69; }
+  wait_for 120 "the box's systemd reached running" sh -c \
+    "nsenter -t $INIT_PID -a systemctl is-system-running | grep -Eq 'running|degraded'"
+  in_box systemctl is-active mosquitto >/dev/null || fail "mosquitto did not start in the box"
+}
+# subscribe FILE: the box's Mosquitto's events to FILE (QoS 1, a kept session)
+subscribe() {
+  in_box sh -c "mosquitto_sub -h localhost -p $PORT -t maskwatch/door-check/events -q 1 \\
+    -i checker -c > $1 2>/root/sub.err &"
+}
+# seqs FILE: the seq of each event in FILE (in the box's root), one a line
+seqs() { python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    if line.strip():
+        print(json.loads(line)["seq"])' "$ROOTFS$1"; }
+
 step "boot it: systemd as PID 1 (systemd-nspawn)"
-# --register=no --keep-unit: no systemd-machined or system bus is needed on the host
-systemd-nspawn -D "$ROOTFS" -M "$BOX" --boot --console=pipe --register=no --keep-unit \
-  >"$WORK/boot.log" 2>&1 &
-NSPAWN_PID=$!
-for _ in $(seq 1 120); do
-  INIT_PID=$(pgrep -P "$NSPAWN_PID" -x systemd || true)
-  [ -n "$INIT_PID" ] && break
-  kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/boot.log" >&2; exit 69; }
-  sleep 0.5
-done
-[ -n "$INIT_PID" ] || { echo "systemd-check: the box did not boot" >&2; exit 69; }
-wait_for 120 "the box's systemd reached running" sh -c \
-  "nsenter -t $INIT_PID -a systemctl is-system-running | grep -Eq 'running|degraded'"
-in_box systemctl is-active mosquitto >/dev/null || fail "mosquitto did not start in the box"
+boot_box
 
 step "sudo deploy/install.sh (as pi, from pi's checkout)"
 in_box runuser -u pi -- sh -c 'cd ~/maskwatch && sudo deploy/install.sh' | tail -3
@@ -136,8 +154,7 @@ in_box sed -i -e 's|^device_id: null|device_id: door-check|' \
   -e "s|^  uri: '0'|  uri: $clip|" -e 's|^  realtime: false|  realtime: true|' \
   -e 's|^  loop: false|  loop: true|' -e "s|^  port: 1883|  port: $PORT|" \
   /etc/maskwatch/config.yaml
-in_box sh -c "mosquitto_sub -h localhost -p $PORT -t maskwatch/door-check/events -q 1 \\
-  -i checker -c > /root/events.jsonl 2>/root/sub.err &"
+subscribe /root/events.jsonl
 in_box systemctl restart maskwatch
 wait_for 60 "events delivered and counted on the status line" status_has "delivering to localhost:$PORT; .*people: [0-9]"
 echo "   Status: $(unit StatusText)"
@@ -183,6 +200,26 @@ print(f"   {len(seqs)} events received, seq 1..{got[-1]}, {len(seqs) - len(got)}
       f"{len(missing)} missing")
 sys.exit(1 if missing or got[0] != 1 else 0)
 PYCODE
+
+step "a power cut (the box killed at once): at the next boot the unit starts by itself"
+in_box systemctl start maskwatch
+wait_for 60 "delivering before the power cut" status_has "delivering to localhost:$PORT"
+kill -KILL "$INIT_PID"   # PID 1 of the box: every process in it dies with it
+wait "$NSPAWN_PID" 2>/dev/null || true
+boot_box
+wait_for 60 "the service started at boot" sh -c \
+  "[ \"\$(nsenter -t $INIT_PID -a systemctl is-active maskwatch)\" = active ]"
+subscribe /root/after-boot.jsonl
+wait_for 60 "delivering after the boot" status_has "delivering to localhost:$PORT"
+echo "   Status: $(unit StatusText)"
+wait_for 60 "an event after the boot" sh -c "[ -s $ROOTFS/root/after-boot.jsonl ]"
+first=$(seqs /root/after-boot.jsonl | head -1)
+[ "$first" -gt "$last" ] || fail "numbering began again after the power cut (seq $first, was $last)"
+echo "   numbering goes on after the power cut: seq $first (the last before it: $last)"
+aside=$(in_box sh -c 'ls /var/lib/maskwatch | grep damaged' || true)
+[ -z "$aside" ] || fail "the outbox was damaged by the power cut: $aside"
+in_box pkill -x mosquitto_sub || true
+in_box systemctl stop maskwatch
 
 step "a bad config: its one-line error, exit 78, no restart"
 in_box sed -i 's|^  max_side: 480|  max_side: -3|' /etc/maskwatch/config.yaml
