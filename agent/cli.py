@@ -4,7 +4,8 @@ Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data (undecodable or t
 large image), 66 input or source not found, 69 broker or download unavailable,
 74 the state directory could not be written (events were kept in memory only),
 75 try again later: --until-eof ended with events undelivered (kept in the outbox), or
-another agent runs with this state directory, 78 invalid
+another agent runs with this state directory, 77 the broker refused events (--until-eof),
+or root asked to write into another user's state directory (the service's), 78 invalid
 configuration or model (systemd does not restart on 78), 3 `adapt` found neither a head
 nor a detector threshold honestly better than the current ones (nothing changed).
 """
@@ -15,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,12 +38,22 @@ def load_config(args) -> Config:
     return load(args.config, args.set)
 
 
+def config_for_writing(args) -> Config:
+    """The config of a command that writes into the state dir: refused (exit 77) when root
+    would write into another user's (the service's) state dir."""
+    from .statelock import check_owner
+
+    cfg = load_config(args)
+    check_owner(cfg.state_dir or ".")
+    return cfg
+
+
 def cmd_run(args) -> int:
     from .service import Agent
     from .statelock import StateDirLock
     from .systemd import setup_logging, stop_on_signals
 
-    cfg = load_config(args)
+    cfg = config_for_writing(args)
     setup_logging(cfg.log_level)
     with StateDirLock(cfg.state_dir or "."):  # one agent per state dir: before any work
         agent = Agent(cfg)
@@ -161,7 +173,7 @@ def cmd_classify(args) -> int:
 def cmd_models_fetch(args) -> int:
     from .vision.models import fetch, models_dir
 
-    cfg = load_config(args)
+    cfg = load_config(args) if args.dest else config_for_writing(args)
     dest = Path(args.dest) if args.dest else models_dir(cfg.state_dir)
     paths = fetch(dest, Path(args.from_dir) if args.from_dir else None, args.base_url,
                   args.only or None)
@@ -258,7 +270,7 @@ def cmd_bench_classify(args) -> int:
 def cmd_samples(args) -> int:
     from .site.doorway import open_store
 
-    cfg = load_config(args)
+    cfg = config_for_writing(args)  # even `list`: opening the store makes it, and prunes
     store = open_store(cfg.adapt, cfg.state_dir)
     if args.samples_command == "list":
         for sample in store.list(limit=args.limit):
@@ -293,7 +305,7 @@ def cmd_adapt(args) -> int:
     )
     from .site.photos import label_folder_features
 
-    cfg = load_config(args)
+    cfg = load_config(args) if args.status else config_for_writing(args)
     if args.revert:
         print("reverted to the bundle's head and the configured detector threshold"
               if revert(cfg.state_dir) else "no site head or detector threshold: nothing to do")
@@ -366,7 +378,10 @@ def frame_size_arg(text: str) -> tuple[int, int]:
 
 
 def common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    parser.add_argument("--config", default=os.environ.get("MASKWATCH_CONFIG") or None,
+                        help="YAML config file (default: $MASKWATCH_CONFIG, which the "
+                        "installer's mask-agent sets to /etc/maskwatch/config.yaml; else "
+                        "built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a setting, e.g. --set mqtt.port=1884 (repeatable)")
 

@@ -18,7 +18,8 @@ EXIT_UNAVAILABLE = 69  # the MQTT broker could not be reached
 EXIT_IOERR = 74  # the state directory was unwritable at the end: events only in memory
 EXIT_TEMPFAIL = 75  # try again later: --until-eof ended with events not yet delivered (kept
 # in the outbox), or another agent runs with this state directory
-EXIT_NOPERM = 77  # --until-eof ended with events the broker refused (its ACL; kept)
+EXIT_NOPERM = 77  # --until-eof ended with events the broker refused (its ACL; kept), or
+# root asked to write into the state directory of another user (the service's)
 EXIT_CONFIG = 78  # invalid configuration or model file
 
 
@@ -68,6 +69,12 @@ class BusyError(MaskwatchError):
     """Another agent runs with this state directory."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+class WrongUserError(MaskwatchError):
+    """Root asked to write into another user's state directory (the service's)."""
+
+    exit_code = EXIT_NOPERM
 
 
 class BrokerError(MaskwatchError):

@@ -1,4 +1,4 @@
-"""One agent per state directory.
+"""One agent per state directory, and only its owner writing there.
 
 Two agents on one state dir (the service, and the README's camera check run by hand while
 it runs) share one outbox, one samples store and one MQTT client id: the broker then
@@ -7,6 +7,12 @@ device go offline and back. So `run` holds an exclusive lock on `<state_dir>/age
 while it runs (the kernel drops it when the process ends, however it ends) and a second
 agent stops at once with one line naming the first one's pid (exit 75: try again later;
 systemd's Restart=on-failure does).
+
+The service's state dir belongs to its user (`maskwatch`). A command run there as root
+(`sudo mask-agent samples list`, `sudo mask-agent adapt`) made its files root's: a samples
+folder 0700 that the service then cannot open (collection off), an outbox it cannot write
+(events in memory only). `check_owner` refuses that with one line naming the user to run
+as (exit 77).
 """
 
 from __future__ import annotations
@@ -14,14 +20,34 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import pwd
 from pathlib import Path
 from typing import IO
 
-from .errors import BusyError
+from .errors import BusyError, WrongUserError
 
 LOCK_NAME = "agent.lock"
 
 log = logging.getLogger("maskwatch")
+
+
+def check_owner(state_dir: str | Path) -> None:
+    """WrongUserError when root is about to write into a state dir another user owns."""
+    if os.geteuid() != 0:
+        return  # a user writes only where it may, and what it writes is its own
+    try:
+        owner = Path(state_dir).stat().st_uid
+    except OSError:
+        return  # not there yet: whatever root makes there is root's own
+    if owner == 0:
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    raise WrongUserError(
+        f"the state dir {state_dir} belongs to {name}: run this as {name} (sudo -u {name} "
+        f"mask-agent ...), or the files root made there would lock that user's agent out")
 
 
 class StateDirLock:

@@ -44,15 +44,22 @@ VENV="$OPT/venv"
 ETC="$ROOT/etc/maskwatch"
 STATE="$ROOT/var/lib/maskwatch"
 UNIT="$ROOT/etc/systemd/system/maskwatch.service"
+COMMAND="$ROOT/usr/local/bin/mask-agent"
+MARK="# mask-agent as the maskwatch service sees it (deploy/install.sh)"
 
 if [ "$UNINSTALL" = 1 ]; then
-  if [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null; then
+  # a --root install is no service of this machine's: its systemd is left alone
+  HOST_SYSTEMD=0
+  if [ "$SYSTEMCTL" = 1 ] && [ -z "$ROOT" ] && command -v systemctl >/dev/null; then
+    HOST_SYSTEMD=1
     systemctl disable --now maskwatch.service 2>/dev/null || true
   fi
   rm -f "$UNIT"
+  # ours only: a mask-agent someone put there by other means stays
+  if [ -f "$COMMAND" ] && grep -qxF "$MARK:" "$COMMAND"; then rm -f "$COMMAND"; fi
   rm -rf "$OPT"
   if [ "$PURGE" = 1 ]; then rm -rf "$ETC" "$STATE"; fi
-  [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null && systemctl daemon-reload || true
+  if [ "$HOST_SYSTEMD" = 1 ]; then systemctl daemon-reload || true; fi
   if [ "$PURGE" = 1 ]; then echo "maskwatch removed (config and state purged)"
   else echo "maskwatch removed (kept $ETC and $STATE; --purge removes them)"; fi
   exit 0
@@ -108,6 +115,18 @@ if [ "$USERADD" = 1 ]; then
   chown -R maskwatch:maskwatch "$STATE"
   chgrp maskwatch "$ETC/config.yaml"
 fi
+
+echo "== command $COMMAND (the service's config; as its user: sudo -u maskwatch mask-agent ...)"
+mkdir -p "$(dirname "$COMMAND")"
+cat > "$COMMAND" <<EOF
+#!/bin/sh
+$MARK:
+# its config unless --config or MASKWATCH_CONFIG names another. Commands that change its
+# state (samples, adapt, run) go as its user: sudo -u maskwatch mask-agent ...
+export MASKWATCH_CONFIG="\${MASKWATCH_CONFIG:-$ETC/config.yaml}"
+exec "$VENV/bin/mask-agent" "\$@"
+EOF
+chmod 0755 "$COMMAND"
 
 echo "== systemd unit $UNIT"
 mkdir -p "$(dirname "$UNIT")"

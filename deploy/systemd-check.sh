@@ -11,6 +11,8 @@
 #     with no gap; the outage is a warning in the journal (`-p warning`), people are not;
 #   - a power cut (the box's PID 1 killed): at the next boot the unit starts by itself,
 #     its outbox opens whole and the events' numbering goes on;
+#   - `mask-agent` (the installer's, with the service's config) works as the service's
+#     user and refuses root (exit 77) before writing into the service's state dir;
 #   - RestartPreventExitStatus=78: a bad config fails once, with its one-line error, and
 #     is not restarted;
 #   - `install.sh --uninstall --purge` leaves no unit, venv, config or state.
@@ -37,7 +39,7 @@ done
 
 WORK="$SRC/.cache/systemd"
 ROOTFS="$WORK/root"
-BOX=maskwatch-check
+BOX=maskwatch-check-$$  # its own name: two checks may run at once
 started=$(date +%s)
 step() { echo "== [$(( $(date +%s) - started ))s] $*"; }
 fail() { echo "systemd-check: FAILED: $*" >&2; in_box journalctl -u maskwatch --no-pager -n 30 >&2 || true; exit 1; }
@@ -160,6 +162,19 @@ wait_for 60 "events delivered and counted on the status line" status_has "delive
 echo "   Status: $(unit StatusText)"
 [ "$(unit Type)" = notify ] && [ "$(unit WatchdogUSec)" = 30s ] || fail "not Type=notify with a watchdog"
 [ "$(in_box stat -c '%U %a' /var/lib/maskwatch)" = "maskwatch 750" ] || fail "state dir owner/mode"
+
+step "the agent's commands on the device: as the service's user, not as root"
+set +e
+in_box runuser -u pi -- sudo mask-agent samples list > "$WORK/as-root.txt" 2>&1
+code=$?
+set -e
+[ "$code" = 77 ] && grep -q "belongs to maskwatch: run this as maskwatch" "$WORK/as-root.txt" ||
+  fail "sudo mask-agent samples list: exit $code, $(cat "$WORK/as-root.txt")"
+! in_box test -e /var/lib/maskwatch/samples || fail "root's samples list wrote into the state dir"
+in_box runuser -u pi -- sudo -u maskwatch mask-agent samples list 2>&1 | tail -1
+[ "$(in_box stat -c %U /var/lib/maskwatch/samples)" = maskwatch ] || fail "samples not maskwatch's"
+in_box runuser -u pi -- sudo -u maskwatch mask-agent adapt --status | grep -q '"head"' ||
+  fail "adapt --status as maskwatch"
 
 step "watchdog: a stalled loop (SIGSTOP) is killed and restarted"
 in_box kill -STOP "$(unit MainPID)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -46,3 +47,33 @@ def test_readme_run_it_installs_the_client_its_example_uses():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Run it on a camera and a broker", 1)[1].split("\n## ", 1)[0]
     assert "mosquitto-clients" in section  # the README's mosquitto_sub examples need it
+
+
+@pytest.mark.parametrize("command", [["samples", "list"], ["adapt"], ["run", "--until-eof"],
+                                     ["models", "fetch"]])
+def test_root_in_the_services_state_dir_is_refused_before_writing(tmp_path, command):
+    """`sudo mask-agent samples list` on an installed device made the service's samples
+    folder root's, 0700: the service (user maskwatch) could not open it and collection
+    stopped; `sudo mask-agent run` would make its outbox root's. Refused now (exit 77),
+    one line naming the user to run as, and nothing is written."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CI runs as root): a user cannot own another's folder")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, 65534, 65534)  # nobody, standing in for the service's user
+    result = subprocess.run(agent_command(*command, "--set", f"state_dir={state}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 77, result.stderr
+    assert result.stderr.count("\n") == 1 and "belongs to nobody: run this as nobody " \
+        "(sudo -u nobody mask-agent ...)" in result.stderr
+    assert list(state.iterdir()) == []
+
+
+def test_the_config_comes_from_maskwatch_config_when_not_given(tmp_path):
+    """The installer's `mask-agent` sets MASKWATCH_CONFIG to the service's config."""
+    config = tmp_path / "device.yaml"
+    config.write_text("device_id: door-7\n")
+    env = {**os.environ, "MASKWATCH_CONFIG": str(config)}
+    result = subprocess.run(agent_command("check-config", "--print"), capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 0 and '"device_id": "door-7"' in result.stdout

@@ -165,19 +165,46 @@ def test_installer_is_idempotent_and_keeps_config(installed):
     assert config.read_text().endswith("# operator edit\n")
 
 
+def test_the_installed_command_uses_the_service_config(installed):
+    """`mask-agent` on the device reads the service's config (its state dir), where the
+    venv's own read the built-in defaults and a state dir in the caller's home."""
+    root, *_ = installed
+    command = root / "usr" / "local" / "bin" / "mask-agent"
+    result = subprocess.run([str(command), "check-config"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{root}/etc/maskwatch/config.yaml: ok"
+    other = subprocess.run([str(command), "check-config", "--config", str(ROOT / "config.yaml")],
+                           capture_output=True, text=True, timeout=60)
+    assert other.stdout.strip() == f"{ROOT / 'config.yaml'}: ok"  # --config still wins
+
+
 def test_uninstall_then_purge(installed, tmp_path):
+    """Without --no-systemctl too: an uninstall from a --root leaves this machine's
+    systemd alone (it ran `systemctl disable --now maskwatch` on the host before)."""
     root, cmd, *_ = installed
     copy = tmp_path / "r"
     shutil.copytree(root, copy, symlinks=True)
-    base = ["bash", str(ROOT / "deploy" / "install.sh"), "--root", str(copy), "--no-systemctl"]
-    out = subprocess.run(base + ["--uninstall"], capture_output=True, text=True, timeout=60)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/systemctl.called\n")
+    (shim / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}
+    base = ["bash", str(ROOT / "deploy" / "install.sh"), "--root", str(copy)]
+    out = subprocess.run(base + ["--uninstall"], capture_output=True, text=True, timeout=60,
+                         env=env)
     assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "systemctl.called").exists()
     assert not (copy / "opt" / "maskwatch").exists()
     assert not (copy / "etc" / "systemd" / "system" / "maskwatch.service").exists()
+    assert not (copy / "usr" / "local" / "bin" / "mask-agent").exists()
     assert (copy / "etc" / "maskwatch" / "config.yaml").exists()
-    subprocess.run(base + ["--uninstall", "--purge"], check=True, capture_output=True)
+    foreign = copy / "usr" / "local" / "bin" / "mask-agent"
+    foreign.write_text("#!/bin/sh\n# someone else's\n")  # not the installer's: stays
+    subprocess.run(base + ["--uninstall", "--purge"], check=True, capture_output=True, env=env)
     assert not (copy / "etc" / "maskwatch").exists()
     assert not (copy / "var" / "lib" / "maskwatch").exists()
+    assert foreign.exists() and not (tmp_path / "systemctl.called").exists()
 
 
 def test_unit_security_exposure_at_most_1_5():
