@@ -39,7 +39,6 @@ PI_CPUS="cortex-a72 cortex-a76"
 ROOTFS="$WORK/root"
 PY=${PYTHON:-python3}
 started=$(date +%s)
-step() { echo "== [$(( $(date +%s) - started ))s] $*"; }
 
 cleanup() {
   for m in proc sys dev; do umount -l "$ROOTFS/$m" 2>/dev/null || true; done

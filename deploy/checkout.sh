@@ -24,3 +24,22 @@ checkout_dir() {
   mkdir -p "$1"
   owned_like_checkout "$1"
 }
+
+# check_options NAME "$@": the options of a check script (container-check,
+# systemd-check): --keep sets KEEP=1, -h/--help prints the script's header comment; then
+# root is required (the checks debootstrap, mount and run containers)
+check_options() {
+  local name=$1; shift
+  KEEP=0
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --keep) KEEP=1; shift ;;
+      -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      *) echo "$name: unknown option $1" >&2; exit 2 ;;
+    esac
+  done
+  [ "$(id -u)" = 0 ] || { echo "$name: run as root (debootstrap, containers)" >&2; exit 2; }
+}
+
+# step TEXT: a progress line with the seconds since `started`
+step() { echo "== [$(( $(date +%s) - started ))s] $*"; }

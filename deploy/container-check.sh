@@ -19,19 +19,10 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 BASE=localhost/maskwatch-base:bookworm
 IMAGE=localhost/maskwatch:check
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-KEEP=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "container-check: unknown option $1" >&2; exit 2 ;;
-  esac
-done
-[ "$(id -u)" = 0 ] || { echo "container-check: run as root (debootstrap, buildah)" >&2; exit 2; }
+check_options container-check "$@"
 
 WORK="$SRC/.cache/container"
 started=$(date +%s)
-step() { echo "== [$(( $(date +%s) - started ))s] $*"; }
 CONTAINERS=()
 BROKER_PID=
 cleanup() {

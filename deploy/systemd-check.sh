@@ -21,27 +21,18 @@
 #
 # Needs: apt packages debootstrap and systemd-container (installed when missing), access
 # to the Debian mirror and PyPI. Built under .cache/systemd in the repository, removed at
-# the end (--keep keeps it). About 4 minutes.
+# the end (--keep keeps it). About 3 minutes.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 . "$SRC/deploy/checkout.sh"
-KEEP=0
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "systemd-check: unknown option $1" >&2; exit 2 ;;
-  esac
-done
-[ "$(id -u)" = 0 ] || { echo "systemd-check: run as root (debootstrap, systemd-nspawn)" >&2; exit 2; }
+check_options systemd-check "$@"
 
 WORK="$SRC/.cache/systemd"
 ROOTFS="$WORK/root"
 BOX=maskwatch-check-$$  # its own name: two checks may run at once
 started=$(date +%s)
-step() { echo "== [$(( $(date +%s) - started ))s] $*"; }
 fail() { echo "systemd-check: FAILED: $*" >&2; in_box journalctl -u maskwatch --no-pager -n 30 >&2 || true; exit 1; }
 NSPAWN_PID=""
 INIT_PID=""
