@@ -282,11 +282,26 @@ def cmd_samples(args) -> int:
               file=sys.stderr)
     elif args.samples_command == "export":
         print(f"exported {store.export(Path(args.dest))} samples to {args.dest}")
+    elif args.samples_command == "import":
+        print_imported(store.import_labels(Path(args.export)), args.export)
     else:
         samples, asides = store.clear()
         print(f"deleted {samples} samples from {store.folder}" +
               (f" and {asides} damaged store(s) set aside beside it" if asides else ""))
     return 0
+
+
+def print_imported(imported, export: str) -> None:
+    """`samples import`'s line; UsageError when it labelled nothing."""
+    if not sum(imported.labelled.values()):
+        raise UsageError(f"no labelled crops of this store's samples in {export}: sort the "
+                         "crops of its unlabelled/ into with_mask/, without_mask/ or skip/"
+                         + (f" ({imported.strangers} files are of samples no longer stored, "
+                            "or of another device's)" if imported.strangers else ""))
+    print("labelled " + ", ".join(f"{n} {label}" for label, n in imported.labelled.items())
+          + (f"; {imported.strangers} files left alone (their samples are no longer stored,"
+             " or another device's)" if imported.strangers else "")
+          + "; next: mask-agent adapt")
 
 
 def cmd_adapt(args) -> int:
@@ -463,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("export", help="copy samples into class folders (+ index.csv)")
     common(p)
     p.add_argument("dest", help="folder to write")
+    p.set_defaults(func=cmd_samples)
+    p = ssub.add_parser("import", help="put the labels of an export, sorted by hand into "
+                        "with_mask/, without_mask/ and skip/, on the stored samples")
+    common(p)
+    p.add_argument("export", help="the folder `samples export` wrote")
     p.set_defaults(func=cmd_samples)
     p = ssub.add_parser("clear", help="delete every collected sample (crops and index)")
     common(p)

@@ -12,7 +12,8 @@
 #   - a power cut (the box's PID 1 killed): at the next boot the unit starts by itself,
 #     its outbox opens whole and the events' numbering goes on;
 #   - `mask-agent` (the installer's, with the service's config) works as the service's
-#     user and refuses root (exit 77) before writing into the service's state dir;
+#     user and refuses root (exit 77) before writing into the service's state dir; a
+#     folder of labels it cannot read (in a 0700 home) is one line, exit 66;
 #   - RestartPreventExitStatus=78: a bad config fails once, with its one-line error, and
 #     is not restarted;
 #   - `install.sh --uninstall --purge` leaves no unit, venv, config or state.
@@ -166,6 +167,15 @@ in_box runuser -u pi -- sudo -u maskwatch mask-agent samples list 2>&1 | tail -1
 [ "$(in_box stat -c %U /var/lib/maskwatch/samples)" = maskwatch ] || fail "samples not maskwatch's"
 in_box runuser -u pi -- sudo -u maskwatch mask-agent adapt --status | grep -q '"head"' ||
   fail "adapt --status as maskwatch"
+# labels in pi's home (0700, as on Raspberry Pi OS): the service's user cannot read them
+in_box runuser -u pi -- sh -c 'chmod 700 ~ && mkdir -p ~/labels/with_mask ~/labels/without_mask'
+set +e
+in_box runuser -u pi -- sh -c 'cd ~ && sudo -u maskwatch mask-agent adapt --labels ~/labels' \
+  > "$WORK/home.txt" 2>&1
+code=$?
+set -e
+[ "$code" = 66 ] && grep -qx "mask-agent: error: cannot read /home/pi/labels: Permission denied (running as maskwatch)" \
+  "$WORK/home.txt" || fail "labels in a 0700 home: exit $code, $(cat "$WORK/home.txt")"
 
 step "watchdog: a stalled loop (SIGSTOP) is killed and restarted"
 in_box kill -STOP "$(unit MainPID)"

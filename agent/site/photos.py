@@ -23,8 +23,9 @@ from ..errors import MaskwatchError, UsageError
 from ..vision.classify import Classifier
 from ..vision.decision import MASK, NO_MASK, canonical_label
 from ..vision.detect import Detector, Face, Thresholded, subject_faces
-from ..vision.predict import images_in, read_image_file
+from ..vision.predict import images_in, is_folder, read_image_file
 from ..vision.preprocess import area, face_input
+from .samples import INDEX
 from .threshold import ThresholdReport, fit_threshold, threshold_grid
 
 log = logging.getLogger("maskwatch.site")
@@ -49,10 +50,17 @@ class LabelledPhotos:
 def labelled_paths(folder: Path) -> list[tuple[Path, int]]:
     """(photo, 1 = without_mask) of `folder/with_mask/*` and `folder/without_mask/*`
     (or folders named as other data sets name them: `mask/`, `no_mask/`, ...)."""
-    if not folder.is_dir():
+    if not is_folder(folder):
         raise UsageError(f"--labels {folder}: not a folder")
+    if (folder / INDEX).is_file():
+        raise UsageError(
+            f"--labels {folder} is an export of the sample store: `mask-agent samples import "
+            f"{folder}` puts its labels on the stored faces, as the agent saw them (as photos "
+            f"its crops would be searched again and cut anew), then run `mask-agent adapt`; "
+            f"to take them as photos all the same, remove its {INDEX}")
     values = {MASK: 0, NO_MASK: 1}
     found = []
+    images_in(folder)  # a folder this user may not open: one line (an internal error before)
     for sub in sorted(folder.iterdir()):
         value = values.get(canonical_label(sub.name))
         if value is not None and sub.is_dir():

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..damaged import aside_path, asides, beyond_newest, is_damaged_database
 from ..errors import StateError, UsageError
-from ..vision.decision import MASK, NO_MASK
+from ..vision.decision import MASK, NO_MASK, canonical_label
+from ..vision.predict import is_folder, unreadable
 
 SKIP = "skip"
 HUMAN_LABELS = (MASK, NO_MASK, SKIP)
@@ -52,8 +53,18 @@ CREATE TABLE IF NOT EXISTS samples (
     label TEXT
 )"""
 KEEP_DAMAGED = 3  # set-aside stores kept at most (each until its retention passes)
+INDEX = "index.csv"  # an export's list of its samples; `import_labels` checks it
+UNLABELLED = "unlabelled"  # an export's folder of samples with no label yet
 COLUMNS = {"id", "ts", "track_id", "predicted", "confidence", "p_no_mask", "reason",
            "features", "bytes", "label"}
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What `import_labels` did: labels set per label, and files it left alone."""
+
+    labelled: dict[str, int]
+    strangers: int  # files whose sample is gone (pruned, cleared) or another store's
 
 
 @dataclass(frozen=True)
@@ -231,15 +242,61 @@ class SampleStore:
         private_folder(out)
         rows = [["id", "time", "track_id", "predicted", "confidence", "label"]]
         for s in samples:
-            folder = out / (s.label or "unlabelled")
+            folder = out / (s.label or UNLABELLED)
             private_folder(folder)
             if self.crop_path(s.id).is_file():
                 write_private(folder / f"{s.id}.jpg", self.crop_path(s.id).read_bytes())
             rows.append([s.id, s.ts, s.track_id, s.predicted, s.confidence, s.label])
         index = io.StringIO(newline="")
         csv.writer(index).writerows(rows)
-        write_private(out / "index.csv", index.getvalue().encode())
+        write_private(out / INDEX, index.getvalue().encode())
         return len(samples)
+
+    def import_labels(self, export: Path) -> Imported:
+        """The labels given to an export by sorting its crops into class folders
+        (`with_mask/`, `without_mask/`, `skip/`, or names other data sets use), put back
+        on the stored samples by id, whose features are the agent's own view of each face.
+        (Given to `adapt --labels` as photos, the crops were searched again and cut anew:
+        a tenth had no face found, and a fifth of the rest classified otherwise than the
+        agent had, in a trial.) A file counts only where the export's index.csv and the
+        store agree on its sample's time and track: another device's export would label
+        other faces."""
+        listed = self._export_index(export)
+        chosen: dict[int, str] = {}
+        for sub in sorted(export.iterdir()):
+            label = SKIP if sub.name == SKIP else canonical_label(sub.name)
+            if label in HUMAN_LABELS and is_folder(sub):
+                chosen.update((int(f.stem), label) for f in sub.glob("*.jpg") if f.stem.isdigit())
+        with self._tx() as db:
+            stored = {row[0]: (row[1], row[2]) for row in db.execute(
+                "SELECT id, ts, track_id FROM samples")}
+        ours = {i: label for i, label in chosen.items()
+                if i in stored and i in listed and abs(stored[i][0] - listed[i][0]) < 1e-3
+                and stored[i][1] == listed[i][1]}
+        for label in HUMAN_LABELS:
+            self.set_label([i for i, given in ours.items() if given == label], label)
+        counts = {label: sum(given == label for given in ours.values()) for label in HUMAN_LABELS}
+        return Imported(counts, len(chosen) - len(ours))
+
+    @staticmethod
+    def _export_index(export: Path) -> dict[int, tuple[float, int]]:
+        """id -> (time, track) of each sample an export lists in its index.csv."""
+        if not is_folder(export):
+            raise UsageError(f"{export}: not a folder")
+        try:
+            with open(export / INDEX, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except FileNotFoundError:
+            raise UsageError(f"{export} has no {INDEX}: not a folder `mask-agent samples "
+                             "export` wrote (labelled photos from anywhere: `mask-agent "
+                             "adapt --labels DIR`)") from None
+        except OSError as exc:
+            raise unreadable(export / INDEX, exc.strerror) from None
+        try:
+            return {int(r["id"]): (float(r["time"]), int(r["track_id"])) for r in rows}
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"{export / INDEX}: not an index `mask-agent samples export` "
+                             "wrote (its columns: id, time, track_id, ...)") from None
 
     def clear(self) -> tuple[int, int]:
         """Every sample deleted, and every store set aside (their faces too): (samples,

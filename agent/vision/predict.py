@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import struct
 from pathlib import Path
 
@@ -95,8 +97,28 @@ def hidden(name: str) -> bool:
     return name.startswith((".", "__MACOSX"))
 
 
+def unreadable(path: Path | str, reason: str | None) -> SourceError:
+    """The one line for a file or folder this user may not read (before, an internal
+    error, "please report"). It names the user: on a device the commands run as the
+    service's (`sudo -u maskwatch`), which a home folder (0700) keeps out."""
+    return SourceError(f"cannot read {path}: {reason or 'Permission denied'} "
+                       f"(running as {getpass.getuser()})")
+
+
+def is_folder(path: Path) -> bool:
+    """Path.is_dir, where a path under a folder this user may not enter is a SourceError
+    (is_dir raises PermissionError there)."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise unreadable(path, exc.strerror) from None
+
+
 def images_in(folder: Path) -> list[Path]:
-    """The photos in a folder and the folders inside it, sorted."""
+    """The photos in a folder and the folders inside it, sorted. A folder this user may
+    not open is a SourceError: pathlib's glob passes over it in silence (no photos)."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise unreadable(folder, None)
     return sorted(p for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                   and not any(hidden(part) for part in p.relative_to(folder).parts))
@@ -105,7 +127,7 @@ def images_in(folder: Path) -> list[Path]:
 def image_paths(path: str) -> list[str]:
     """The path, or for a folder the photos in it. A folder with none is a SourceError
     naming what it holds instead (an iPhone's .HEIC, say)."""
-    if not Path(path).is_dir():
+    if not is_folder(Path(path)):
         return [path]
     found = images_in(Path(path))
     if not found:
@@ -118,9 +140,13 @@ def image_paths(path: str) -> list[str]:
 def read_image_file(path: str, max_pixels: int = 40_000_000):
     """BGR image from a file; raises InputError/SourceError with a one-line reason."""
     p = Path(path)
-    if not p.is_file():
-        raise SourceError(f"image not found: {path}")
-    return decode_image(p.read_bytes(), path, max_pixels)
+    try:
+        if not p.is_file():  # a folder, a device or a pipe is no image file either
+            raise SourceError(f"image not found: {path}")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise unreadable(path, exc.strerror) from None
+    return decode_image(data, path, max_pixels)
 
 
 def detect_result(image, detector, classifier) -> dict:
