@@ -17,6 +17,7 @@ each receives its own section.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import hashlib
 import math
 import os
@@ -385,6 +386,9 @@ def _read_bounded(path: Path) -> str:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config: file not found: {path}") from None
+    except PermissionError as exc:  # the device's config is root's and the service's only
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror} (running as "
+                          f"{getpass.getuser()})") from None
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_CONFIG_BYTES:
