@@ -296,11 +296,12 @@ def print_imported(imported, export: str) -> None:
     if not sum(imported.labelled.values()):
         raise UsageError(f"no labelled crops of this store's samples in {export}: sort the "
                          "crops of its unlabelled/ into with_mask/, without_mask/ or skip/"
-                         + (f" ({imported.strangers} files are of samples no longer stored, "
-                            "or of another device's)" if imported.strangers else ""))
+                         + (f" ({imported.strangers} files left alone: their samples are no "
+                            "longer stored, or another device's, or they lie in two folders)"
+                            if imported.strangers else ""))
     print("labelled " + ", ".join(f"{n} {label}" for label, n in imported.labelled.items())
           + (f"; {imported.strangers} files left alone (their samples are no longer stored,"
-             " or another device's)" if imported.strangers else "")
+             " or another device's, or they lie in two folders)" if imported.strangers else "")
           + "; next: mask-agent adapt")
 
 

@@ -231,6 +231,8 @@ def test_an_export_sorted_by_hand_goes_back_onto_the_stored_faces(tmp_path):
         (export / label).mkdir()
         for i in ids:
             (export / "unlabelled" / f"{i}.jpg").rename(export / label / f"{i}.jpg")
+    (export / "with_mask" / "5.jpg").write_bytes(b"a copy")  # 5 in two folders: which is it?
+    (export / "unlabelled" / "5.jpg").rename(export / "skip" / "5.jpg")
 
     def agent(*args):
         return subprocess.run(agent_command(*args, "--set", f"state_dir={tmp_path}"),
@@ -240,8 +242,10 @@ def test_an_export_sorted_by_hand_goes_back_onto_the_stored_faces(tmp_path):
     assert refused.returncode == 2 and f"`mask-agent samples import {export}`" in refused.stderr
     done = agent("samples", "import", str(export))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ("labelled 2 with_mask, 1 without_mask, 1 skip; "
-                                   "next: mask-agent adapt")
+    assert done.stdout.strip() == (
+        "labelled 2 with_mask, 1 without_mask, 1 skip; 2 files left alone (their samples "
+        "are no longer stored, or another device's, or they lie in two folders); next: "
+        "mask-agent adapt")
     labels = {s.id: s.label for s in open_store(AdaptConfig(), str(tmp_path)).list()}
     assert labels == {1: "with_mask", 2: "with_mask", 3: "without_mask", 4: "skip",
                       5: None, 6: None}
@@ -249,8 +253,8 @@ def test_an_export_sorted_by_hand_goes_back_onto_the_stored_faces(tmp_path):
                                              f"state_dir={tmp_path / 'other'}"),
                                capture_output=True, text=True, timeout=60)
     assert elsewhere.returncode == 2  # another store's export labels none of its faces
-    assert "(4 files are of samples no longer stored, or of another device's)" in \
-        elsewhere.stderr
+    assert "(6 files left alone: their samples are no longer stored, or another " \
+        "device's, or they lie in two folders)" in elsewhere.stderr
 
 
 def test_exported_samples_are_as_private_as_the_store(tmp_path):

@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ class Imported:
     """What `import_labels` did: labels set per label, and files it left alone."""
 
     labelled: dict[str, int]
-    strangers: int  # files whose sample is gone (pruned, cleared) or another store's
+    strangers: int  # files whose sample is gone (pruned, cleared) or another store's, or
+    # that lie in two class folders
 
 
 @dataclass(frozen=True)
@@ -262,11 +264,13 @@ class SampleStore:
         store agree on its sample's time and track: another device's export would label
         other faces."""
         listed = self._export_index(export)
-        chosen: dict[int, str] = {}
+        found: list[tuple[int, str]] = []
         for sub in sorted(export.iterdir()):
             label = SKIP if sub.name == SKIP else canonical_label(sub.name)
             if label in HUMAN_LABELS and is_folder(sub):
-                chosen.update((int(f.stem), label) for f in sub.glob("*.jpg") if f.stem.isdigit())
+                found += [(int(f.stem), label) for f in sub.glob("*.jpg") if f.stem.isdigit()]
+        twice = {i for i, n in Counter(i for i, _ in found).items() if n > 1}  # which is it?
+        chosen = {i: label for i, label in found if i not in twice}
         with self._tx() as db:
             stored = {row[0]: (row[1], row[2]) for row in db.execute(
                 "SELECT id, ts, track_id FROM samples")}
@@ -276,7 +280,7 @@ class SampleStore:
         for label in HUMAN_LABELS:
             self.set_label([i for i, given in ours.items() if given == label], label)
         counts = {label: sum(given == label for given in ours.values()) for label in HUMAN_LABELS}
-        return Imported(counts, len(chosen) - len(ours))
+        return Imported(counts, len(found) - len(ours))
 
     @staticmethod
     def _export_index(export: Path) -> dict[int, tuple[float, int]]:
