@@ -17,7 +17,6 @@ each receives its own section.
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import hashlib
 import math
 import os
@@ -41,7 +40,7 @@ from .delivery.config import (
     mqtt_password,
     read_password_file,
 )
-from .errors import ConfigError
+from .errors import ConfigError, running_as
 from .people.config import TrackConfig
 from .settings import Setting, default_state_dir, fail, read_secret_file, section, setting
 from .site.config import AdaptConfig
@@ -388,7 +387,7 @@ def _read_bounded(path: Path) -> str:
         raise ConfigError(f"config: file not found: {path}") from None
     except PermissionError as exc:  # the device's config is root's and the service's only
         raise ConfigError(f"config: cannot read {path}: {exc.strerror} (running as "
-                          f"{getpass.getuser()})") from None
+                          f"{running_as()})") from None
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_CONFIG_BYTES:

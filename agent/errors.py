@@ -8,6 +8,9 @@ Configuration and model problems exit 78 (EX_CONFIG) so systemd's
 
 from __future__ import annotations
 
+import getpass
+import os
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unexpected internal error (a bug: please report it)
 EXIT_USAGE = 2  # wrong command-line arguments
@@ -21,6 +24,15 @@ EXIT_TEMPFAIL = 75  # try again later: --until-eof ended with events not yet del
 EXIT_NOPERM = 77  # --until-eof ended with events the broker refused (its ACL; kept), or
 # root asked to write into the state directory of another user (the service's)
 EXIT_CONFIG = 78  # invalid configuration or model file
+
+
+def running_as() -> str:
+    """This process's user, for a message about a file it may not read (on a device the
+    commands run as the service's user, whom a 0700 home keeps out)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name (a container's arbitrary user)
+        return f"uid {os.getuid()}"
 
 
 class MaskwatchError(Exception):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import struct
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import InputError, SourceError
+from ..errors import InputError, SourceError, running_as
 from .decision import MASK, NO_MASK
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}  # what decode_image reads
@@ -102,7 +101,7 @@ def unreadable(path: Path | str, reason: str | None) -> SourceError:
     error, "please report"). It names the user: on a device the commands run as the
     service's (`sudo -u maskwatch`), which a home folder (0700) keeps out."""
     return SourceError(f"cannot read {path}: {reason or 'Permission denied'} "
-                       f"(running as {getpass.getuser()})")
+                       f"(running as {running_as()})")
 
 
 def is_folder(path: Path) -> bool:
@@ -117,7 +116,7 @@ def is_folder(path: Path) -> bool:
 def images_in(folder: Path) -> list[Path]:
     """The photos in a folder and the folders inside it, sorted. A folder this user may
     not open is a SourceError: pathlib's glob passes over it in silence (no photos)."""
-    if not os.access(folder, os.R_OK | os.X_OK):
+    if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
         raise unreadable(folder, None)
     return sorted(p for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
