@@ -116,9 +116,10 @@ if [ "$USERADD" = 1 ]; then
   chgrp maskwatch "$ETC/config.yaml"
 fi
 
-echo "== command $COMMAND (the service's config; as its user: sudo -u maskwatch mask-agent ...)"
-mkdir -p "$(dirname "$COMMAND")"
-cat > "$COMMAND" <<EOF
+# write_command: /usr/local/bin/mask-agent, the venv's with the service's config
+write_command() {
+  mkdir -p "$(dirname "$COMMAND")"
+  cat > "$COMMAND" <<EOF
 #!/bin/sh
 $MARK:
 # its config unless --config or MASKWATCH_CONFIG names another. Commands that change its
@@ -126,7 +127,14 @@ $MARK:
 export MASKWATCH_CONFIG="\${MASKWATCH_CONFIG:-$ETC/config.yaml}"
 exec "$VENV/bin/mask-agent" "\$@"
 EOF
-chmod 0755 "$COMMAND"
+  chmod 0755 "$COMMAND"
+}
+if [ -e "$COMMAND" ] && ! grep -qxF "$MARK:" "$COMMAND"; then
+  echo "== left $COMMAND as it is (not the installer's): use $VENV/bin/mask-agent --config $ETC/config.yaml"
+else
+  echo "== command $COMMAND (the service's config; as its user: sudo -u maskwatch mask-agent ...)"
+  write_command
+fi
 
 echo "== systemd unit $UNIT"
 mkdir -p "$(dirname "$UNIT")"
