@@ -293,16 +293,13 @@ def cmd_samples(args) -> int:
 
 def print_imported(imported, export: str) -> None:
     """`samples import`'s line; UsageError when it labelled nothing."""
+    left = (f"; {imported.strangers} files left alone (their samples are no longer stored, "
+            "or another device's, or they lie in two folders)" if imported.strangers else "")
     if not sum(imported.labelled.values()):
         raise UsageError(f"no labelled crops of this store's samples in {export}: sort the "
-                         "crops of its unlabelled/ into with_mask/, without_mask/ or skip/"
-                         + (f" ({imported.strangers} files left alone: their samples are no "
-                            "longer stored, or another device's, or they lie in two folders)"
-                            if imported.strangers else ""))
+                         f"crops of its unlabelled/ into with_mask/, without_mask/ or skip/{left}")
     print("labelled " + ", ".join(f"{n} {label}" for label, n in imported.labelled.items())
-          + (f"; {imported.strangers} files left alone (their samples are no longer stored,"
-             " or another device's, or they lie in two folders)" if imported.strangers else "")
-          + "; next: mask-agent adapt")
+          + f"{left}; next: mask-agent adapt")
 
 
 def cmd_adapt(args) -> int:

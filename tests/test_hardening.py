@@ -253,7 +253,7 @@ def test_an_export_sorted_by_hand_goes_back_onto_the_stored_faces(tmp_path):
                                              f"state_dir={tmp_path / 'other'}"),
                                capture_output=True, text=True, timeout=60)
     assert elsewhere.returncode == 2  # another store's export labels none of its faces
-    assert "(6 files left alone: their samples are no longer stored, or another " \
+    assert "skip/; 6 files left alone (their samples are no longer stored, or another " \
         "device's, or they lie in two folders)" in elsewhere.stderr
 
 
