@@ -42,7 +42,8 @@ from .vision.config import hide_credentials
 from .vision.decision import NO_MASK
 from .vision.predict import draw_faces
 
-log = logging.getLogger("maskwatch.service")
+# not "maskwatch.service": in the journal systemd's own lines about the unit begin so
+log = logging.getLogger("maskwatch.agent")
 
 UNTIL_EOF_DRAIN_S = 60.0  # the broker answered before: give it time to take the backlog
 NEVER_CONNECTED_DRAIN_S = 10.0  # no broker so far: don't hold the exit for a minute
