@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_NOT_ADAPTED, MaskwatchError, SourceError, UsageError
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_NOT_ADAPTED,
+    HIDDEN_FROM_THE_SERVICE,
+    HIDDEN_NOTE,
+    MaskwatchError,
+    SourceError,
+    UsageError,
+)
 from .vision.models import DETECTOR_FILES, OPTIONAL
 from .vision.predict import annotate, detect_result, image_paths, read_image_file
 
@@ -73,6 +81,10 @@ def cmd_check_config(args) -> int:
     cfg = load(args.file or args.config, args.set)
     source = args.file or args.config or "built-in defaults"
     print(json.dumps(redacted(cfg), indent=2) if args.print else f"{source}: ok")
+    for key, path in (("detect.model", cfg.detect.model), ("classify.model", cfg.classify.model)):
+        if path and str(Path(path).resolve()).startswith(HIDDEN_FROM_THE_SERVICE):
+            print(f"mask-agent: note: {key}: {path} is fine here, but {HIDDEN_NOTE}",
+                  file=sys.stderr)
     return 0
 
 

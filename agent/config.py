@@ -40,7 +40,7 @@ from .delivery.config import (
     mqtt_password,
     read_password_file,
 )
-from .errors import ConfigError, running_as
+from .errors import ConfigError, cannot_read_model, running_as
 from .people.config import TrackConfig
 from .settings import Setting, default_state_dir, fail, read_secret_file, section, setting
 from .site.config import AdaptConfig
@@ -320,8 +320,13 @@ def _check_cross_fields(cfg: Config) -> None:
         raise fail("track.min_votes", "cannot exceed track.window")
     _check_http(cfg.http)
     for key, path in (("detect.model", cfg.detect.model), ("classify.model", cfg.classify.model)):
-        if path and not Path(path).exists():
-            raise fail(key, f"file not found: {path}")
+        try:
+            if path:
+                Path(path).stat()
+        except FileNotFoundError:
+            raise fail(key, f"file not found: {path}") from None
+        except OSError as exc:  # was an internal error, exit 1: restarted for ever
+            raise ConfigError(f"config: {cannot_read_model(key, path, exc.strerror)}") from None
 
 
 def _check_http(http: HttpConfig) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # unexpected internal error (a bug: please report it)
@@ -33,6 +34,19 @@ def running_as() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # a uid with no name (a container's arbitrary user)
         return f"uid {os.getuid()}"
+
+
+HIDDEN_FROM_THE_SERVICE = ("/home/", "/root/", "/run/user/")  # its unit's ProtectHome=yes
+HIDDEN_NOTE = ("the maskwatch service sees no /home, /root or /run/user at all: keep models "
+               "under /var/lib/maskwatch")
+
+
+def cannot_read_model(setting: str, path: str | Path, reason: str | None) -> str:
+    """The line for a model file this user may not read. A bundle copied to /home/pi and
+    named in the device's config is one: the service's unit hides /home (ProtectHome)."""
+    hint = f"; {HIDDEN_NOTE}" if str(path).startswith(HIDDEN_FROM_THE_SERVICE) else ""
+    return (f"{setting}: cannot read {path}: {reason or 'Permission denied'} (running as "
+            f"{running_as()}{hint})")
 
 
 class MaskwatchError(Exception):

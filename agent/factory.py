@@ -7,10 +7,13 @@ of the config's `detect`, `classify` and `track` sections, declared once in conf
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from .config import Config
 from .delivery.topics import Topics
+from .errors import ModelError, cannot_read_model
 from .people.config import TrackConfig
 from .people.track import Tracker
 from .pipeline import Pipeline
@@ -23,23 +26,36 @@ from .vision.motion import MotionGate
 from .vision.tuning import TuningFile, tuning_path
 
 
+@contextlib.contextmanager
+def reading_model(setting: str) -> Iterator[None]:
+    """A model file this user may not read is one line and exit 78, not an internal error
+    (and exit 1, which systemd restarts every 5 s for ever)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModelError(cannot_read_model(setting, exc.filename or "", exc.strerror)) from None
+
+
 def detector_from(settings: DetectConfig, state_dir: str | Path | None = None,
                   site_tuning: bool = True) -> Detector:
     """The configured detector (ModelError when its model file is missing or bad), with
     the score threshold fitted at this site in `state_dir` when there is one (and
     `detect.site_tuning`; `adapt` itself searches from the configured threshold)."""
-    model = detector_model_path(settings.detector, settings.model, state_dir or ".")
-    tuning = None
-    if state_dir and site_tuning and settings.site_tuning and settings.detector != "haar":
-        tuning = TuningFile(tuning_path(state_dir), settings.detector, settings.score_threshold)
-    return create_detector(settings, model, tuning)
+    with reading_model("detect.model"):
+        model = detector_model_path(settings.detector, settings.model, state_dir or ".")
+        tuning = None
+        if state_dir and site_tuning and settings.site_tuning and settings.detector != "haar":
+            tuning = TuningFile(tuning_path(state_dir), settings.detector,
+                                settings.score_threshold)
+        return create_detector(settings, model, tuning)
 
 
 def classifier_from(settings: ClassifyConfig, state_dir: str | Path | None = None) -> Classifier:
     """The bundle's classifier, with the site head in `state_dir` when there is one."""
     head = head_path(state_dir) if state_dir and settings.site_head else None
-    return Classifier(settings.model, threads=settings.threads,
-                      no_mask_threshold=settings.no_mask_threshold, head_file=head)
+    with reading_model("classify.model"):
+        return Classifier(settings.model, threads=settings.threads,
+                          no_mask_threshold=settings.no_mask_threshold, head_file=head)
 
 
 def tracker_from(settings: TrackConfig) -> Tracker:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,38 @@ def test_the_config_comes_from_maskwatch_config_when_not_given(tmp_path):
     result = subprocess.run(agent_command("check-config", "--print"), capture_output=True,
                             text=True, timeout=60, env=env)
     assert result.returncode == 0 and '"device_id": "door-7"' in result.stdout
+
+
+def test_a_model_path_that_cannot_be_read_is_one_line_and_78(tmp_path):
+    """A bundle copied to /home/pi and named in the device's config: the service (its unit
+    hides /home) ended in `internal error: PermissionError` and exit 1, which systemd
+    restarted every 5 s for ever (seen under systemd as PID 1). Root reads anything, so a
+    symlink loop stands in for the unreadable path: the same branch, another errno."""
+    loop = tmp_path / "bundle"
+    loop.symlink_to(loop)
+    result = subprocess.run(agent_command("run", "--set", f"classify.model={loop}", "--set",
+                                          f"state_dir={tmp_path}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        f"mask-agent: error: config: classify.model: cannot read {loop}: Too many levels of "
+        f"symbolic links (running as {getpass.getuser()})"]
+
+
+def test_check_config_notes_a_model_the_service_cannot_see():
+    """The maskwatch unit hides /home (ProtectHome): a model there passes check-config run
+    by hand and fails the service, so check-config says so."""
+    try:
+        folder = Path(tempfile.mkdtemp(dir="/home"))
+    except OSError:
+        pytest.skip("/home is not writable here (CI runs as root)")
+    try:
+        result = subprocess.run(agent_command("check-config", "--set",
+                                              f"classify.model={folder}"),
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        folder.rmdir()
+    assert result.returncode == 0
+    assert result.stderr.strip() == (
+        f"mask-agent: note: classify.model: {folder} is fine here, but the maskwatch service "
+        "sees no /home, /root or /run/user at all: keep models under /var/lib/maskwatch")
