@@ -76,13 +76,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    from .config import load, redacted
+    from .config import load, named_files, redacted
 
     cfg = load(args.file or args.config, args.set)
     source = args.file or args.config or "built-in defaults"
     print(json.dumps(redacted(cfg), indent=2) if args.print else f"{source}: ok")
-    for key, path in (("detect.model", cfg.detect.model), ("classify.model", cfg.classify.model)):
-        if path and str(Path(path).resolve()).startswith(HIDDEN_FROM_THE_SERVICE):
+    for key, path in named_files(cfg):
+        if str(Path(path).resolve()).startswith(HIDDEN_FROM_THE_SERVICE):
             print(f"mask-agent: note: {key}: {path} is fine here, but {HIDDEN_NOTE}",
                   file=sys.stderr)
     return 0

@@ -24,6 +24,7 @@ import re
 import reprlib
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +41,7 @@ from .delivery.config import (
     mqtt_password,
     read_password_file,
 )
-from .errors import ConfigError, cannot_read_model, running_as
+from .errors import ConfigError, cannot_read, running_as
 from .people.config import TrackConfig
 from .settings import Setting, default_state_dir, fail, read_secret_file, section, setting
 from .site.config import AdaptConfig
@@ -288,7 +289,7 @@ def _check_tls_files(tls: TlsConfig) -> None:
         raise fail("mqtt.tls.cert_file", "client certificate and key_file go together")
     for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(tls, key)
-        if path and not Path(path).is_file():
+        if path and not _present(f"mqtt.tls.{key}", path, stat.S_IFREG):
             raise fail(f"mqtt.tls.{key}", f"file not found: {path}")
     if tls.ca_file:
         _check_pem("mqtt.tls.ca_file", lambda c: c.load_verify_locations(cafile=tls.ca_file))
@@ -320,13 +321,41 @@ def _check_cross_fields(cfg: Config) -> None:
         raise fail("track.min_votes", "cannot exceed track.window")
     _check_http(cfg.http)
     for key, path in (("detect.model", cfg.detect.model), ("classify.model", cfg.classify.model)):
-        try:
-            if path:
-                Path(path).stat()
-        except FileNotFoundError:
-            raise fail(key, f"file not found: {path}") from None
-        except OSError as exc:  # was an internal error, exit 1: restarted for ever
-            raise ConfigError(f"config: {cannot_read_model(key, path, exc.strerror)}") from None
+        if path and not _present(key, path):
+            raise fail(key, f"file not found: {path}")
+
+
+def _present(key: str, path: str, kind: int | None = None) -> bool:
+    """Whether `path` is there (and of `kind`, stat.S_IFREG or S_IFDIR); one line and
+    exit 78 where this user may not even look (a path under a folder it cannot enter, as
+    /home is to the service): that was an internal error and exit 1, which systemd
+    restarts for ever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"config: {cannot_read(key, path, exc.strerror)}") from None
+    return kind is None or stat.S_IFMT(mode) == kind
+
+
+def named_files(cfg: Config) -> list[tuple[str, str]]:
+    """(key, path) of each file or folder the config names for reading: its settings of
+    kind "path" but where it keeps its state (resolved to a default in the user's home
+    when not set), and a source that is a file."""
+    found = [("source.uri", cfg.source.uri)] if cfg.source.uri.startswith("/") else []
+
+    def walk(section: Any, prefix: str) -> None:
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if "section" in f.metadata:
+                walk(value, f"{prefix}{f.name}.")
+            elif "setting" in f.metadata and f.metadata["setting"].kind == "path" and value \
+                    and prefix + f.name not in ("state_dir", "outbox.path"):
+                found.append((prefix + f.name, value))
+
+    walk(cfg, "")
+    return found
 
 
 def _check_http(http: HttpConfig) -> None:
@@ -468,7 +497,7 @@ def _node_is_recursive(data: Any, depth: int = 0) -> bool:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    if path.is_dir():
+    if _present("--config", str(path), stat.S_IFDIR):
         raise ConfigError(f"config: {path} is a directory, not a config file")
     text = _read_bounded(path)
     try:

@@ -37,13 +37,14 @@ def running_as() -> str:
 
 
 HIDDEN_FROM_THE_SERVICE = ("/home/", "/root/", "/run/user/")  # its unit's ProtectHome=yes
-HIDDEN_NOTE = ("the maskwatch service sees no /home, /root or /run/user at all: keep models "
-               "under /var/lib/maskwatch")
+HIDDEN_NOTE = ("the maskwatch service sees no /home, /root or /run/user at all: keep what it "
+               "reads under /etc/maskwatch or /var/lib/maskwatch")
 
 
-def cannot_read_model(setting: str, path: str | Path, reason: str | None) -> str:
-    """The line for a model file this user may not read. A bundle copied to /home/pi and
-    named in the device's config is one: the service's unit hides /home (ProtectHome)."""
+def cannot_read(setting: str, path: str | Path, reason: str | None) -> str:
+    """The line for a file a setting names that this user may not read. A bundle, a
+    certificate or a clip copied to /home/pi and named in the device's config is one: the
+    service's unit hides /home (ProtectHome)."""
     hint = f"; {HIDDEN_NOTE}" if str(path).startswith(HIDDEN_FROM_THE_SERVICE) else ""
     return (f"{setting}: cannot read {path}: {reason or 'Permission denied'} (running as "
             f"{running_as()}{hint})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import Config
 from .delivery.topics import Topics
-from .errors import ModelError, cannot_read_model
+from .errors import ModelError, cannot_read
 from .people.config import TrackConfig
 from .people.track import Tracker
 from .pipeline import Pipeline
@@ -33,7 +33,7 @@ def reading_model(setting: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise ModelError(cannot_read_model(setting, exc.filename or "", exc.strerror)) from None
+        raise ModelError(cannot_read(setting, exc.filename or "", exc.strerror)) from None
 
 
 def detector_from(settings: DetectConfig, state_dir: str | Path | None = None,

@@ -114,4 +114,5 @@ def test_check_config_notes_a_model_the_service_cannot_see():
     assert result.returncode == 0
     assert result.stderr.strip() == (
         f"mask-agent: note: classify.model: {folder} is fine here, but the maskwatch service "
-        "sees no /home, /root or /run/user at all: keep models under /var/lib/maskwatch")
+        "sees no /home, /root or /run/user at all: keep what it reads under /etc/maskwatch or "
+        "/var/lib/maskwatch")

@@ -16,17 +16,17 @@ import errno
 import glob
 import logging
 import os
+import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Protocol
 
 import cv2
 import numpy as np
 
-from ..errors import SourceError
+from ..errors import SourceError, cannot_read
 from .config import SourceConfig, hide_credentials
 
 log = logging.getLogger("maskwatch.camera")
@@ -85,10 +85,13 @@ def check_camera_device(uri: str) -> None:
 
 def _check_file_openable(path: str) -> None:
     """A one-line reason why a file cannot be a video source, before OpenCV tries."""
-    p = Path(path)
-    if not p.exists():
-        raise SourceError(f"video file not found: {path}")
-    if p.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SourceError(f"video file not found: {path}") from None
+    except OSError as exc:  # under a folder this user may not enter (/home, to the service)
+        raise SourceError(cannot_read("source.uri", path, exc.strerror)) from None
+    if stat.S_ISDIR(mode):
         raise SourceError(f"{path} is a directory, not a video file")
     try:
         os.close(os.open(path, os.O_RDONLY))
@@ -134,7 +137,7 @@ class FileSource:
             self._cap = self._open()
             ok, image = self._next_image()
         if not ok:
-            if not Path(self.path).is_file():
+            if not os.path.isfile(self.path):  # never raises, unlike Path.is_file
                 raise SourceError(f"video file disappeared: {self.path}")
             return None
         ts = self._index / self.fps
