@@ -30,6 +30,7 @@ from .errors import (
     MaskwatchError,
     SourceError,
     UsageError,
+    running_as,
 )
 from .vision.models import DETECTOR_FILES, OPTIONAL
 from .vision.predict import annotate, detect_result, image_paths, read_image_file
@@ -117,12 +118,13 @@ def annotate_dir(folder: str | None) -> Path | None:
     if folder is None:
         return None
     out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--annotate {folder}: exists and is not a folder")
     try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--annotate {folder}: exists and is not a folder")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--annotate {folder}: cannot create: {exc.strerror}") from None
+        raise UsageError(f"--annotate {folder}: cannot create: {exc.strerror} (running as "
+                         f"{running_as()})") from None
     return out
 
 

@@ -116,3 +116,17 @@ def test_check_config_notes_a_model_the_service_cannot_see():
         f"mask-agent: note: classify.model: {folder} is fine here, but the maskwatch service "
         "sees no /home, /root or /run/user at all: keep what it reads under /etc/maskwatch or "
         "/var/lib/maskwatch")
+
+
+def test_an_export_that_cannot_be_written_is_one_line(tmp_path):
+    """`sudo -u maskwatch mask-agent samples export ~/labels` (a 0700 home) was an internal
+    error; a file where a folder should be stands in for it (root writes anywhere else)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = subprocess.run(agent_command("samples", "export", str(blocker / "labels"),
+                                          "--set", f"state_dir={tmp_path / 'state'}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"mask-agent: error: cannot export to {blocker / 'labels'}: Not a directory "
+        f"({blocker / 'labels'}; running as {getpass.getuser()})"]

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from ..damaged import aside_path, asides, beyond_newest, is_damaged_database
-from ..errors import StateError, UsageError
+from ..errors import StateError, UsageError, running_as
 from ..vision.decision import MASK, NO_MASK, canonical_label
 from ..vision.predict import is_folder, unreadable
 
@@ -240,6 +240,13 @@ class SampleStore:
         0700, the files 0600, whatever the umask (before, 0755 and 0644: any local user
         could see them). A folder that exists keeps its mode (`export /tmp` must not
         close /tmp)."""
+        try:
+            return self._export(out)
+        except OSError as exc:  # a folder this user may not write (a 0700 home, as another)
+            raise UsageError(f"cannot export to {out}: {exc.strerror} ({exc.filename}; "
+                             f"running as {running_as()})") from None
+
+    def _export(self, out: Path) -> int:
         samples = self.list()
         private_folder(out)
         rows = [["id", "time", "track_id", "predicted", "confidence", "label"]]
