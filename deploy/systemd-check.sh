@@ -183,6 +183,13 @@ code=$?
 set -e
 [ "$code" = 66 ] && grep -qx "mask-agent: error: cannot read /home/pi/labels: Permission denied (running as maskwatch)" \
   "$WORK/home.txt" || fail "labels in a 0700 home: exit $code, $(cat "$WORK/home.txt")"
+set +e
+in_box runuser -u pi -- sh -c 'cd ~ && sudo -u maskwatch mask-agent samples export ~/crops' \
+  > "$WORK/export.txt" 2>&1
+code=$?
+set -e
+[ "$code" = 2 ] && grep -q "^mask-agent: error: cannot export to /home/pi/crops: Permission denied" \
+  "$WORK/export.txt" || fail "an export into a 0700 home: exit $code, $(cat "$WORK/export.txt")"
 
 step "watchdog: a stalled loop (SIGSTOP) is killed and restarted"
 in_box kill -STOP "$(unit MainPID)"
