@@ -1,8 +1,8 @@
 """`mask-agent`: run the doorway agent and its tools.
 
 Exit codes: 0 ok, 1 internal error, 2 usage, 65 bad input data (undecodable or too
-large image), 66 input or source not found, 69 broker or download unavailable,
-74 the state directory could not be written (events were kept in memory only),
+large image), 66 input or source not found or not readable, 69 broker or download
+unavailable, 74 the state directory could not be written (events were kept in memory only),
 75 try again later: --until-eof ended with events undelivered (kept in the outbox), or
 another agent runs with this state directory, 77 the broker refused events (--until-eof),
 or root asked to write into another user's state directory (the service's), 78 invalid
