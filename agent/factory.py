@@ -27,13 +27,14 @@ from .vision.tuning import TuningFile, tuning_path
 
 
 @contextlib.contextmanager
-def reading_model(setting: str) -> Iterator[None]:
+def reading_model(setting: str, configured: str | None) -> Iterator[None]:
     """A model file this user may not read is one line and exit 78, not an internal error
     (and exit 1, which systemd restarts every 5 s for ever)."""
     try:
         yield
     except OSError as exc:
-        raise ModelError(cannot_read(setting, exc.filename or "", exc.strerror)) from None
+        where = exc.filename or configured or "the bundled model"
+        raise ModelError(cannot_read(setting, where, exc.strerror)) from None
 
 
 def detector_from(settings: DetectConfig, state_dir: str | Path | None = None,
@@ -41,7 +42,7 @@ def detector_from(settings: DetectConfig, state_dir: str | Path | None = None,
     """The configured detector (ModelError when its model file is missing or bad), with
     the score threshold fitted at this site in `state_dir` when there is one (and
     `detect.site_tuning`; `adapt` itself searches from the configured threshold)."""
-    with reading_model("detect.model"):
+    with reading_model("detect.model", settings.model):
         model = detector_model_path(settings.detector, settings.model, state_dir or ".")
         tuning = None
         if state_dir and site_tuning and settings.site_tuning and settings.detector != "haar":
@@ -53,7 +54,7 @@ def detector_from(settings: DetectConfig, state_dir: str | Path | None = None,
 def classifier_from(settings: ClassifyConfig, state_dir: str | Path | None = None) -> Classifier:
     """The bundle's classifier, with the site head in `state_dir` when there is one."""
     head = head_path(state_dir) if state_dir and settings.site_head else None
-    with reading_model("classify.model"):
+    with reading_model("classify.model", settings.model):
         return Classifier(settings.model, threads=settings.threads,
                           no_mask_threshold=settings.no_mask_threshold, head_file=head)
 

@@ -156,40 +156,32 @@ echo "   Status: $(unit StatusText)"
 [ "$(in_box stat -c '%U %a' /var/lib/maskwatch)" = "maskwatch 750" ] || fail "state dir owner/mode"
 
 step "the agent's commands on the device: as the service's user, not as root"
-set +e
-in_box runuser -u pi -- sudo mask-agent samples list > "$WORK/as-root.txt" 2>&1
-code=$?
-set -e
-[ "$code" = 77 ] && grep -q "belongs to maskwatch: run this as maskwatch" "$WORK/as-root.txt" ||
-  fail "sudo mask-agent samples list: exit $code, $(cat "$WORK/as-root.txt")"
+# pi_fails CODE LINE COMMAND: COMMAND, run by pi in its home, exits CODE saying LINE
+pi_fails() {
+  local want=$1 line=$2 got; shift 2
+  set +e
+  in_box runuser -u pi -- sh -c "cd ~ && $*" > "$WORK/said.txt" 2>&1
+  got=$?
+  set -e
+  [ "$got" = "$want" ] && grep -qF -- "$line" "$WORK/said.txt" ||
+    fail "$*: exit $got, $(cat "$WORK/said.txt")"
+}
+pi_fails 77 "belongs to maskwatch: run this as maskwatch" sudo mask-agent samples list
 ! in_box test -e /var/lib/maskwatch/samples || fail "root's samples list wrote into the state dir"
 in_box runuser -u pi -- sudo -u maskwatch mask-agent samples list 2>&1 | tail -1
 [ "$(in_box stat -c %U /var/lib/maskwatch/samples)" = maskwatch ] || fail "samples not maskwatch's"
 in_box runuser -u pi -- sudo -u maskwatch mask-agent adapt --status | grep -q '"head"' ||
   fail "adapt --status as maskwatch"
 # the service's config holds its secrets (0640 root:maskwatch): pi alone cannot read it
-set +e
-in_box runuser -u pi -- sh -c 'cd ~ && mask-agent check-config' > "$WORK/pi.txt" 2>&1
-code=$?
-set -e
-[ "$code" = 78 ] && grep -qx "mask-agent: error: config: cannot read /etc/maskwatch/config.yaml: Permission denied (running as pi)" \
-  "$WORK/pi.txt" || fail "the config as pi: exit $code, $(cat "$WORK/pi.txt")"
-# labels in pi's home (0700, as on Raspberry Pi OS): the service's user cannot read them
+pi_fails 78 "mask-agent: error: config: cannot read /etc/maskwatch/config.yaml: Permission denied (running as pi)" \
+  mask-agent check-config
+# pi's home is 0700, as on Raspberry Pi OS: the service's user can neither read labels
+# there nor export into it
 in_box runuser -u pi -- sh -c 'chmod 700 ~ && mkdir -p ~/labels/with_mask ~/labels/without_mask'
-set +e
-in_box runuser -u pi -- sh -c 'cd ~ && sudo -u maskwatch mask-agent adapt --labels ~/labels' \
-  > "$WORK/home.txt" 2>&1
-code=$?
-set -e
-[ "$code" = 66 ] && grep -qx "mask-agent: error: cannot read /home/pi/labels: Permission denied (running as maskwatch)" \
-  "$WORK/home.txt" || fail "labels in a 0700 home: exit $code, $(cat "$WORK/home.txt")"
-set +e
-in_box runuser -u pi -- sh -c 'cd ~ && sudo -u maskwatch mask-agent samples export ~/crops' \
-  > "$WORK/export.txt" 2>&1
-code=$?
-set -e
-[ "$code" = 2 ] && grep -q "^mask-agent: error: cannot export to /home/pi/crops: Permission denied" \
-  "$WORK/export.txt" || fail "an export into a 0700 home: exit $code, $(cat "$WORK/export.txt")"
+pi_fails 66 "mask-agent: error: cannot read /home/pi/labels: Permission denied (running as maskwatch)" \
+  sudo -u maskwatch mask-agent adapt --labels '~/labels'
+pi_fails 2 "mask-agent: error: cannot export to /home/pi/crops: Permission denied" \
+  sudo -u maskwatch mask-agent samples export '~/crops'
 
 step "watchdog: a stalled loop (SIGSTOP) is killed and restarted"
 in_box kill -STOP "$(unit MainPID)"
