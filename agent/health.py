@@ -74,7 +74,8 @@ class Health:
             else:
                 parts.append(delivery.last_error or f"not connected to {delivery.broker} yet")
         waiting = outbox.depth()
-        parts.append(f"{waiting} events waiting in the outbox" if waiting else "outbox empty")
+        parts.append(f"{waiting} event{'s' * (waiting != 1)} waiting in the outbox" if waiting
+                     else "outbox empty")
         counted = ", ".join(f"{n} {label}" for label, n in sorted(self.people.items()))
         parts.append(f"people: {counted or 'none yet'}")
         return "; ".join(parts)

@@ -81,7 +81,7 @@ def test_the_systemd_status_line_says_whether_events_are_delivered(
         assert line.startswith("online; ") and \
             f" fps; delivering to 127.0.0.1:{broker.port}; " in line, line
         broker.stop()
-        line = status_until(sock, "events waiting in the outbox")
+        line = status_until(sock, "waiting in the outbox")
         assert f"MQTT broker 127.0.0.1:{broker.port}" in line, line
         assert "delivering" not in line
         broker.start()
