@@ -41,7 +41,7 @@ from .delivery.config import (
     mqtt_password,
     read_password_file,
 )
-from .errors import ConfigError, cannot_read, running_as
+from .errors import ConfigError, cannot_read
 from .people.config import TrackConfig
 from .settings import Setting, default_state_dir, fail, read_secret_file, section, setting
 from .site.config import AdaptConfig
@@ -335,7 +335,7 @@ def _present(key: str, path: str, kind: int | None = None) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise ConfigError(f"config: {cannot_read(key, path, exc.strerror)}") from None
+        raise ConfigError(f"config: {cannot_read(path, exc.strerror, key)}") from None
     return kind is None or stat.S_IFMT(mode) == kind
 
 
@@ -420,8 +420,7 @@ def _read_bounded(path: Path) -> str:
     except FileNotFoundError:
         raise ConfigError(f"config: file not found: {path}") from None
     except PermissionError as exc:  # the device's config is root's and the service's only
-        raise ConfigError(f"config: cannot read {path}: {exc.strerror} (running as "
-                          f"{running_as()})") from None
+        raise ConfigError(f"config: {cannot_read(path, exc.strerror)}") from None
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_CONFIG_BYTES:

@@ -41,13 +41,16 @@ HIDDEN_NOTE = ("the maskwatch service sees no /home, /root or /run/user at all: 
                "reads under /etc/maskwatch or /var/lib/maskwatch")
 
 
-def cannot_read(setting: str, path: str | Path, reason: str | None) -> str:
-    """The line for a file a setting names that this user may not read. A bundle, a
-    certificate or a clip copied to /home/pi and named in the device's config is one: the
-    service's unit hides /home (ProtectHome)."""
-    hint = f"; {HIDDEN_NOTE}" if str(path).startswith(HIDDEN_FROM_THE_SERVICE) else ""
-    return (f"{setting}: cannot read {path}: {reason or 'Permission denied'} (running as "
-            f"{running_as()}{hint})")
+def cannot_read(path: str | Path, reason: str | None, setting: str | None = None) -> str:
+    """The line for a file or folder this user may not read, naming the user: on a device
+    the commands run as the service's (`sudo -u maskwatch`), whom a 0700 home keeps out.
+    A `setting` names the file for the service too, whose unit hides /home, /root and
+    /run/user (ProtectHome): a bundle, a certificate or a clip copied to /home/pi and named
+    in the device's config is one, and the line says so."""
+    hint = (f"; {HIDDEN_NOTE}" if setting and str(path).startswith(HIDDEN_FROM_THE_SERVICE)
+            else "")
+    return (f"{setting + ': ' if setting else ''}cannot read {path}: "
+            f"{reason or 'Permission denied'} (running as {running_as()}{hint})")
 
 
 class MaskwatchError(Exception):

@@ -34,7 +34,7 @@ def reading_model(setting: str, configured: str | None) -> Iterator[None]:
         yield
     except OSError as exc:
         where = exc.filename or configured or "the bundled model"
-        raise ModelError(cannot_read(setting, where, exc.strerror)) from None
+        raise ModelError(cannot_read(where, exc.strerror, setting)) from None
 
 
 def detector_from(settings: DetectConfig, state_dir: str | Path | None = None,

@@ -90,7 +90,7 @@ def _check_file_openable(path: str) -> None:
     except FileNotFoundError:
         raise SourceError(f"video file not found: {path}") from None
     except OSError as exc:  # under a folder this user may not enter (/home, to the service)
-        raise SourceError(cannot_read("source.uri", path, exc.strerror)) from None
+        raise SourceError(cannot_read(path, exc.strerror, "source.uri")) from None
     if stat.S_ISDIR(mode):
         raise SourceError(f"{path} is a directory, not a video file")
     try:

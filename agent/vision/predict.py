@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import InputError, SourceError, running_as
+from ..errors import InputError, SourceError, cannot_read
 from .decision import MASK, NO_MASK
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}  # what decode_image reads
@@ -97,11 +97,9 @@ def hidden(name: str) -> bool:
 
 
 def unreadable(path: Path | str, reason: str | None) -> SourceError:
-    """The one line for a file or folder this user may not read (before, an internal
-    error, "please report"). It names the user: on a device the commands run as the
-    service's (`sudo -u maskwatch`), which a home folder (0700) keeps out."""
-    return SourceError(f"cannot read {path}: {reason or 'Permission denied'} "
-                       f"(running as {running_as()})")
+    """A file or folder this user may not read, as a SourceError (exit 66); before, an
+    internal error, "please report"."""
+    return SourceError(cannot_read(path, reason))
 
 
 def is_folder(path: Path) -> bool:
