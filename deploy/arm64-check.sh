@@ -128,9 +128,7 @@ sys.exit(1 if differ else 0)
 PYCODE
 done
 step "deploy/install.sh inside the arm64 root (apt, user maskwatch, systemd-python built)"
-mkdir -p "$ROOTFS/check/maskwatch"
-(cd "$SRC" && tar --exclude=__pycache__ -cf - pyproject.toml README.md config.yaml agent \
-  convert deploy) | tar -C "$ROOTFS/check/maskwatch" -xf -
+build_copy "$ROOTFS/check/maskwatch" deploy
 chroot "$ROOTFS" /usr/bin/env -u PIP_FIND_LINKS /bin/bash \
   /check/maskwatch/deploy/install.sh --no-systemctl 2>&1 | grep -v "^E: Can not write log" |
   tail -3

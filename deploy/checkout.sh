@@ -6,12 +6,14 @@
 # and a root-owned .cache/ or bench/ stops the tests (Home Assistant installs into .cache/)
 # and the benches (they write bench/*.json). Needs SRC, the checkout's root.
 
-# build_copy DIR: the files a wheel is built from (the ones deploy/Dockerfile copies), in
-# DIR, so that pip builds there and writes nothing into the checkout.
+# build_copy DIR [MORE...]: the files a wheel is built from (the ones deploy/Dockerfile
+# copies), and the checkout's MORE (deploy: a checkout the installer runs from), in DIR,
+# so that pip builds there and writes nothing into the checkout.
 build_copy() {
-  mkdir -p "$1"
-  (cd "$SRC" && tar --exclude=__pycache__ -cf - pyproject.toml README.md config.yaml agent convert) |
-    tar -C "$1" -xf -
+  local dir=$1; shift
+  mkdir -p "$dir"
+  (cd "$SRC" && tar --exclude=__pycache__ -cf - pyproject.toml README.md config.yaml agent \
+    convert "$@") | tar -C "$dir" -xf -
 }
 
 # owned_like_checkout PATH...: given to the checkout's owner (and group).

@@ -106,9 +106,7 @@ printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$PORT" > "$ROOTFS/etc/mo
 step "a sudo user with the checkout, as on a Pi"
 chroot "$ROOTFS" useradd -m -s /bin/bash pi
 echo "pi ALL=(ALL) NOPASSWD: ALL" > "$ROOTFS/etc/sudoers.d/pi"
-mkdir -p "$ROOTFS/home/pi/maskwatch"
-(cd "$SRC" && tar --exclude=__pycache__ -cf - pyproject.toml README.md config.yaml agent \
-  convert deploy) | tar -C "$ROOTFS/home/pi/maskwatch" -xf -
+build_copy "$ROOTFS/home/pi/maskwatch" deploy
 chroot "$ROOTFS" chown -R pi:pi /home/pi/maskwatch
 
 # boot_box: systemd as PID 1 in the root; sets NSPAWN_PID and INIT_PID
