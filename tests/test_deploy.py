@@ -156,13 +156,24 @@ def test_installer_lays_down_a_working_install(installed):
 
 
 def test_installer_is_idempotent_and_keeps_config(installed):
+    """Run again over an install: the operator's config stays, and so does a
+    /usr/local/bin/mask-agent the installer did not write (it says which to use)."""
     root, cmd, *_ = installed
     config = root / "etc" / "maskwatch" / "config.yaml"
     config.write_text(config.read_text() + "\n# operator edit\n")
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    command = root / "usr" / "local" / "bin" / "mask-agent"
+    ours = command.read_text()
+    foreign = "#!/bin/sh\n# someone else's mask-agent\n"
+    command.write_text(foreign)
+    try:
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert command.read_text() == foreign
+    finally:
+        command.write_text(ours)  # the tests after this one use the installer's
     assert again.returncode == 0, again.stderr[-2000:]
     assert "kept the existing config" in again.stdout
     assert config.read_text().endswith("# operator edit\n")
+    assert f"left {command} as it is (not the installer's)" in again.stdout
 
 
 def test_the_installed_command_uses_the_service_config(installed):
