@@ -34,6 +34,47 @@ def test_node_killed_in_a_nats_cluster_loses_nothing_and_devices_move(tmp_path):
     assert report.reconnect_s["n"] == 12 and report.reconnect_s["never"] == 0  # all moved
 
 
+def test_a_nats_node_in_lame_duck_mode_hands_its_raft_leaders_over(tmp_path):
+    """Why a NATS failover takes 1 s or 10: a node that crashes while it leads the MQTT
+    sessions' stream holds every reconnecting device up until the others elect a new
+    leader, which nats-server begins after 4-9 s of silence (bench-fleet's node-kill says
+    which groups the killed node led). Stopped in lame duck mode, as deploy/nats's
+    cluster.conf says to, it hands them over first: moved sooner than any election could
+    move them, and `leaders` names each group's node."""
+    import signal
+    import time
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from maskwatch.agent.bench.brokers import NatsCluster, wait_until
+
+    need_tool("nats-server", "the NATS broker (Debian: nats-server)")
+    cluster = NatsCluster(tmp_path, 3).start()
+    names = {node.name for node in cluster.nodes}
+    groups = {"meta", "$MQTT_sess", "$MQTT_msgs", "$MQTT_rmsgs"}
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", clean_session=False)
+    try:
+        client.connect("127.0.0.1", cluster.nodes[0].port)
+        client.loop_start()
+        client.subscribe("maskwatch/#", qos=1)  # a session: the MQTT streams exist now
+        wait_until(lambda: groups <= {g for g, n in cluster.leaders().items() if n in names},
+                   "the MQTT streams' leaders")
+        leader = cluster.leaders()["$MQTT_sess"]
+        index = {node.name: i for i, node in enumerate(cluster.nodes)}
+        other = next(i for name, i in index.items() if name != leader)
+        cluster.nodes[index[leader]].proc.send_signal(signal.SIGUSR2)
+        started = time.monotonic()
+        wait_until(lambda: cluster.leaders(other).get("$MQTT_sess") not in ("", None, leader),
+                   "a new leader of the sessions' stream", timeout=30)
+        moved_s = time.monotonic() - started
+        print(f"\nlame duck: {leader} handed the sessions' stream over in {moved_s:.1f} s")
+        assert moved_s < 4.0  # nats-server's shortest election timeout (raft.go)
+    finally:
+        client.loop_stop()
+        cluster.stop(lame_duck=False)
+
+
 def test_consumer_outage_on_mosquitto_loses_nothing(tmp_path):
     """Also the bench's split of devices over processes: 10 devices, 4 a process."""
     report = run_fleet("consumer-outage", count=10, rate=5, seconds=6, outage_s=3,

@@ -10,6 +10,7 @@ its MQTT listener accepts a CONNECT (it refuses until JetStream has a leader).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +93,7 @@ class Node:
     port: int  # MQTT
     client_port: int = 0
     cluster_port: int = 0
+    monitor_port: int = 0  # NATS: its HTTP monitoring endpoint (/jsz)
     proc: subprocess.Popen | None = None
 
 
@@ -163,11 +166,13 @@ def make_test_pki(workdir: Path) -> Path:
 class NatsCluster:
     """`size` nats-server nodes routed into one cluster, each with JetStream and an MQTT
     listener (MQTT 3.1.1): the deploy/nats/cluster.conf layout, on loopback ports,
-    without its users and TLS (tests/test_tls.py runs the file itself)."""
+    without its users and TLS (tests/test_tls.py runs the file itself), and with each
+    node's monitoring endpoint (`leaders`)."""
 
     def __init__(self, workdir: Path, size: int = 3) -> None:
         self.workdir, self.binary = workdir, binary("nats-server", "nats-server")
-        self.nodes = [Node(f"n{i}", free_port(), free_port(), free_port()) for i in range(size)]
+        self.nodes = [Node(f"n{i}", free_port(), free_port(), free_port(), free_port())
+                      for i in range(size)]
         routes = ", ".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes)
         replicas = min(3, size)
         for node in self.nodes:
@@ -175,6 +180,7 @@ class NatsCluster:
                        f"routes: [{routes}] }}\n") if size > 1 else ""
             (workdir / f"{node.name}.conf").write_text(
                 f"server_name: {node.name}\nlisten: 127.0.0.1:{node.client_port}\n"
+                f"http: 127.0.0.1:{node.monitor_port}\n"
                 "lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n"
                 f"jetstream {{ store_dir: {workdir / node.name} }}\n{cluster}"
                 f"mqtt {{ listen: 127.0.0.1:{node.port}, stream_replicas: {replicas}, "
@@ -204,6 +210,27 @@ class NatsCluster:
 
     def kill(self, i: int) -> None:
         _kill(self.nodes[i])
+
+    def leaders(self, i: int = 0) -> dict[str, str]:
+        """Which node leads each Raft group the MQTT layer needs, as node `i` sees it:
+        JetStream's meta group ("meta") and each `$MQTT_` stream (its sessions, messages,
+        retained messages). A node killed while it leads one holds that stream up until
+        the others elect a new leader, which nats-server does after 4-9 s of silence
+        (its raft.go: minElectionTimeoutDefault, maxElectionTimeoutDefault); {} when the
+        node does not answer."""
+        url = (f"http://127.0.0.1:{self.nodes[i].monitor_port}/jsz?accounts=true"
+               "&streams=true")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                state = json.load(answer)
+        except (OSError, ValueError):
+            return {}
+        led = {"meta": (state.get("meta_cluster") or {}).get("leader", "")}
+        for account in state.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                if stream.get("name", "").startswith("$MQTT_"):
+                    led[stream["name"]] = (stream.get("cluster") or {}).get("leader", "")
+        return led
 
     def stop(self, lame_duck: bool = True) -> None:
         """Stop every node. Lame duck mode (SIGUSR2, `nats-server --signal ldm`) first

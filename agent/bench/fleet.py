@@ -10,7 +10,8 @@ session (QoS 1) that counts what arrives. Three scenarios:
 
 - `node-kill` (a 3-node NATS cluster, JetStream, MQTT on each node): every device starts
   on node 0, which is SIGKILLed and restarted after `--outage` seconds. Reported: how long
-  each device took to be connected again (to another node), and what was lost.
+  each device took to be connected again (to another node), what was lost, and which of
+  JetStream's Raft groups the killed node led (a lost leader costs an election: 4-9 s).
 - `consumer-outage` (Mosquitto with deploy/mosquitto/fleet.conf's queue depth): the
   consumer goes away for `--outage` seconds while the devices keep publishing.
 - `tls-storm` (Mosquitto with a TLS listener): the broker is stopped and restarted after
@@ -105,6 +106,7 @@ class FleetReport:
     missing: int = 0  # seqs never delivered, over all devices
     devices_with_gaps: int = 0
     reconnect_s: dict = field(default_factory=dict)
+    killed_node_led: list = field(default_factory=list)  # node-kill: its Raft groups
     latency_ms: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
 
@@ -203,7 +205,7 @@ def run_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s: 
                  f"{report.connect_s:.1f} s ({len(plans)} processes)")
         start = time.time() + 0.5
         groups.send("go", start, seconds, rate, start + seconds / 3)
-        _run_fault(scenario, broker, consumer, start + seconds / 3, outage_s)
+        _run_fault(scenario, broker, consumer, start + seconds / 3, outage_s, report)
         done = groups.gather("done", seconds + outage_s + drain_s + 60)
         results = [r for answer in done for r in answer[1]]
         report.left_in_outboxes = sum(answer[2] for answer in done)
@@ -227,10 +229,13 @@ def progress(line: str) -> None:
 
 
 def _run_fault(scenario: str, broker, consumer: Consumer, fault_at: float,
-               outage_s: float) -> None:
+               outage_s: float, report: FleetReport) -> None:
     """At wall time `fault_at`, take the devices' broker (or the consumer) away for
     `outage_s`, then bring it back. The groups publish meanwhile on the same clock."""
     time.sleep(max(0.0, fault_at - time.time()))
+    if scenario == "node-kill":
+        report.killed_node_led = sorted(
+            group for group, node in broker.leaders().items() if node == broker.nodes[0].name)
     progress(f"fault: {scenario}, {outage_s:g} s")
     if scenario in RESTARTS:  # NATS: a crash; Mosquitto: a restart (SIGTERM keeps its
         # sessions on disk; a SIGKILLed Mosquitto forgets what it queued since its last
@@ -280,6 +285,9 @@ def bench_fleet(scenario: str, count: int, rate: float, seconds: float, outage_s
     if r.reconnect_s.get("n"):
         print(f"reconnected (s): p50 {r.reconnect_s['p50']}, p90 {r.reconnect_s['p90']}, "
               f"max {r.reconnect_s['max']}; never {r.reconnect_s['never']}")
+    if r.scenario == "node-kill":
+        print(f"the killed node led: {', '.join(r.killed_node_led) or 'none'} of JetStream's "
+              "Raft groups (meta, $MQTT_ streams); a lost leader is replaced after 4-9 s")
     if r.latency_ms:
         print(f"latency (ms): p50 {r.latency_ms['p50']}, p99 {r.latency_ms['p99']}, "
               f"max {r.latency_ms['max']}")
