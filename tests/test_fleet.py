@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import signal
 import subprocess
+import time
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
-from maskwatch.agent.bench.brokers import FLEET_DELIVERY
+from maskwatch.agent.bench.brokers import FLEET_DELIVERY, NatsCluster, wait_until
 from maskwatch.agent.bench.fleet import run_fleet
 from maskwatch.agent.delivery.publish import backoff_s
 from maskwatch.agent.demo import DEMO_CLIP
@@ -35,20 +39,12 @@ def test_node_killed_in_a_nats_cluster_loses_nothing_and_devices_move(tmp_path):
 
 
 def test_a_nats_node_in_lame_duck_mode_hands_its_raft_leaders_over(tmp_path):
-    """Why a NATS failover takes 1 s or 10: a node that crashes while it leads the MQTT
+    """Why a NATS failover takes 1 s or 10 and more: a node that crashes while it leads the MQTT
     sessions' stream holds every reconnecting device up until the others elect a new
     leader, which nats-server begins after 4-9 s of silence (bench-fleet's node-kill says
     which groups the killed node led). Stopped in lame duck mode, as deploy/nats's
     cluster.conf says to, it hands them over first: moved sooner than any election could
     move them, and `leaders` names each group's node."""
-    import signal
-    import time
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from maskwatch.agent.bench.brokers import NatsCluster, wait_until
-
     need_tool("nats-server", "the NATS broker (Debian: nats-server)")
     cluster = NatsCluster(tmp_path, 3).start()
     names = {node.name for node in cluster.nodes}
