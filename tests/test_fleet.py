@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from maskwatch.agent.bench.brokers import FLEET_DELIVERY, NatsCluster, wait_until
 from maskwatch.agent.bench.fleet import run_fleet
+from maskwatch.agent.delivery.outbox import ResilientOutbox
 from maskwatch.agent.delivery.publish import backoff_s
 from maskwatch.agent.demo import DEMO_CLIP
 
@@ -68,6 +69,39 @@ def test_a_nats_node_in_lame_duck_mode_hands_its_raft_leaders_over(tmp_path):
         assert moved_s < 4.0  # nats-server's shortest election timeout (raft.go)
     finally:
         client.loop_stop()
+        cluster.stop(lame_duck=False)
+
+
+def test_a_device_says_why_it_waits_while_nats_elects_a_new_leader(tmp_path):
+    """The sessions' stream lost its leader (its node SIGKILLed): the surviving nodes hold
+    each CONNECT and close it unanswered until the others elect a new one. The device said
+    nothing of this before (its last error still named the dead node); it now says what
+    the broker did, keeps the event, and delivers it once the election is over."""
+    need_tool("nats-server", "the NATS broker (Debian: nats-server)")
+    cluster = NatsCluster(tmp_path, 3).start()
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", clean_session=False)
+    publisher = None
+    try:
+        watcher.connect("127.0.0.1", cluster.nodes[0].port)
+        watcher.loop_start()
+        watcher.subscribe("maskwatch/#", qos=1)  # the MQTT streams exist now
+        wait_until(lambda: cluster.leaders().get("$MQTT_sess"), "the sessions' leader")
+        leader = cluster.leaders()["$MQTT_sess"]
+        survivor = next(node for node in cluster.nodes if node.name != leader)
+        cluster.kill(next(i for i, node in enumerate(cluster.nodes) if node.name == leader))
+        outbox = ResilientOutbox(tmp_path / "outbox.sqlite3")
+        publisher = publisher_for(survivor.port, outbox, "front-door", "mqtt.protocol=v311")
+        publisher.start()
+        publisher.queue(publisher.topics.events, b'{"n": 1}')
+        wait_until(lambda: "without answering the CONNECT" in (publisher.last_error or ""),
+                   "the device saying the broker held its CONNECT", timeout=30)
+        print(f"\n{publisher.last_error}")
+        wait_until(lambda: publisher.published >= 1, "delivery after the election", timeout=60)
+        assert outbox.depth() == 0
+    finally:
+        if publisher is not None:
+            publisher.stop(drain_timeout_s=1)
+        watcher.loop_stop()
         cluster.stop(lame_duck=False)
 
 

@@ -450,8 +450,22 @@ class Publisher:
                 self._fallback = True
                 self._cond.notify_all()
             return
+        elif not self._connack:
+            self._closed_unanswered()
         if not self._fallback:  # the same broker again, in MQTT 3.1.1 (the pump switches)
             self._next_attempt()
+
+    def _closed_unanswered(self) -> None:
+        """The broker took the connection and closed it without answering the CONNECT.
+        Said, since nothing else would be: a NATS node whose JetStream has lost the
+        leader of the MQTT sessions' stream holds each CONNECT for 4 s and closes it, for
+        as long as its nodes take to elect another (4-9 s; README, Fleets)."""
+        held = time.monotonic() - (self._connecting_since or time.monotonic())
+        self.last_error = (f"MQTT broker {self.broker} closed the connection after {held:.0f} s "
+                           "without answering the CONNECT (overloaded, or a NATS node "
+                           "electing a new JetStream leader)")
+        throttle.log(logging.WARNING, f"fail {self.broker}", "%s; retrying with backoff",
+                     self.last_error)
 
     def _watch_takeovers(self, reason_code) -> None:
         """Two devices with one client id (a cloned SD card) knock each other off the
