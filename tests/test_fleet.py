@@ -75,8 +75,9 @@ def test_a_nats_node_in_lame_duck_mode_hands_its_raft_leaders_over(tmp_path):
 def test_a_device_says_why_it_waits_while_nats_elects_a_new_leader(tmp_path):
     """The sessions' stream lost its leader (its node SIGKILLed): the surviving nodes hold
     each CONNECT and close it unanswered until the others elect a new one. The device said
-    nothing of this before (its last error still named the dead node); it now says what
-    the broker did, keeps the event, and delivers it once the election is over."""
+    nothing of this before (its status kept an older error, such as the dead node's, or
+    none); it now says what the broker did, keeps the event, and delivers it once the
+    election is over."""
     need_tool("nats-server", "the NATS broker (Debian: nats-server)")
     cluster = NatsCluster(tmp_path, 3).start()
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", clean_session=False)
