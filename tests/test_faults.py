@@ -11,9 +11,11 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from maskwatch.agent.config import load
+from maskwatch.agent.delivery.mqtt_client import V5
 from maskwatch.agent.delivery.outbox import ResilientOutbox
 from maskwatch.agent.delivery.publish import Publisher
 from maskwatch.agent.demo import DEMO_CLIP
@@ -178,6 +181,70 @@ def test_frozen_broker_then_back(make_broker, tmp_path):
         publisher.stop(drain_timeout_s=2)
         collector.close()
     assert first_seen(delivered_ids(collector)) == ids
+    assert outbox.depth() == 0
+
+
+@contextlib.contextmanager
+def closing_every_connection(port: int):
+    """What a TCP load balancer in front of a broker that is down does: it takes each
+    connection and closes it, with no MQTT answer (HAProxy, a cloud balancer, a
+    Kubernetes service with no ready pod)."""
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.1)
+    closed = threading.Event()
+
+    def serve() -> None:
+        while not closed.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with contextlib.suppress(OSError):
+                conn.settimeout(1)
+                conn.recv(1024)  # the CONNECT
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        closed.set()
+        thread.join(5)
+        server.close()
+
+
+def test_mqtt5_stays_when_a_load_balancer_closes_connections_while_the_broker_is_down(
+        make_broker, tmp_path):
+    """A broker that has answered MQTT 5 keeps MQTT 5. A connection closed before any
+    answer means 'no MQTT 5' only from a broker that never answered it (RabbitMQ 3.10);
+    from one that did, it is the broker down behind a load balancer (or restarting). The
+    agent used to fall back to 3.1.1 there for good, and stop seeing the broker's
+    refusals, after one outage."""
+    broker = make_broker(mosquitto_persistent(tmp_path)).start()  # the watcher's session
+    outbox = ResilientOutbox(tmp_path / "outbox.sqlite3")
+    publisher = publisher_for(broker.port, outbox)
+    collector = Collector(broker.port, "maskwatch/faulty/events")
+    publisher.start()
+    try:
+        ids = produce(publisher, 5)
+        assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 5, 30)
+        broker.stop()
+        with closing_every_connection(broker.port):
+            ids += produce(publisher, 5)
+            deadline = time.monotonic() + 30
+            while "without answering the CONNECT" not in (publisher.last_error or "") and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "without answering the CONNECT" in (publisher.last_error or "")
+        broker.start()
+        ids += produce(publisher, 5)
+        assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 15, 60)
+        assert publisher.protocol == V5
+    finally:
+        publisher.stop(drain_timeout_s=2)
+        collector.close()
+    assert set(delivered_ids(collector)) == set(ids)
     assert outbox.depth() == 0
 
 

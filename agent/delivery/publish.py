@@ -119,6 +119,7 @@ class Publisher:
         self._refused_mids: dict[int, str] = {}  # mid -> reason, from the network thread
         self._retry_refused_at: float | None = None
         self._fallback = False  # the broker refused MQTT 5: the pump switches to 3.1.1
+        self._spoke_v5: set[str] = set()  # brokers that answered an MQTT 5 CONNECT of ours
         self._connecting_since: float | None = None
         self._connack = False  # the broker answered this attempt's CONNECT (any code)
         self._connected_at = 0.0
@@ -389,6 +390,8 @@ class Publisher:
                 self._fallback = True
                 self._cond.notify_all()
             return
+        if self.protocol == V5:
+            self._spoke_v5.add(self.broker)
         if reason_code.is_failure:
             self.last_error = f"broker refused connection: {reason_code}"
             if str(reason_code) in AUTH_FAILURES:
@@ -441,9 +444,12 @@ class Publisher:
             self.last_error = f"disconnected from MQTT broker {self.broker}: {why}"
             log.warning("%s; events are kept in the outbox", self.last_error)
             self._watch_takeovers(reason_code)
-        elif self.protocol == V5 and self.settings.protocol == "auto" and not self._connack:
+        elif self.protocol == V5 and self.settings.protocol == "auto" and \
+                not self._connack and self.broker not in self._spoke_v5:
             # closed before any CONNACK: a broker that does not speak MQTT 5 and says
-            # nothing (RabbitMQ 3.10's MQTT plugin) rather than refusing it with code 132
+            # nothing (RabbitMQ 3.10's MQTT plugin) rather than refusing it with code 132.
+            # Not one that has answered MQTT 5 before: closed unanswered now, it is down
+            # behind a load balancer, restarting or overloaded, and MQTT 5 stays
             log.info("MQTT broker %s closed the connection without answering an MQTT 5 "
                      "CONNECT", self.broker)
             with self._cond:
