@@ -463,13 +463,14 @@ class Publisher:
 
     def _closed_unanswered(self) -> None:
         """The broker took the connection and closed it without answering the CONNECT.
-        Said, since nothing else would be: a NATS node whose JetStream has lost the
-        leader of the MQTT sessions' stream holds each CONNECT for 4 s and closes it, for
-        as long as its nodes take to elect another (4-9 s; README, Fleets)."""
+        Said, since nothing else would be: a load balancer whose broker is down does this
+        at once, and a NATS node whose JetStream has lost the leader of the MQTT sessions'
+        stream holds each CONNECT for 4 s and closes it, for as long as its nodes take to
+        elect another (4-9 s; README, Fleets)."""
         held = time.monotonic() - (self._connecting_since or time.monotonic())
         self.last_error = (f"MQTT broker {self.broker} closed the connection after {held:.0f} s "
-                           "without answering the CONNECT (overloaded, or a NATS node "
-                           "electing a new JetStream leader)")
+                           "without answering the CONNECT (down behind a load balancer, "
+                           "overloaded, or a NATS node electing a new JetStream leader)")
         throttle.log(logging.WARNING, f"fail {self.broker}", "%s; retrying with backoff",
                      self.last_error)
 
