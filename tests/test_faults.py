@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from maskwatch.agent.bench.brokers import wait_until
 from maskwatch.agent.config import load
 from maskwatch.agent.delivery.mqtt_client import V5
 from maskwatch.agent.delivery.outbox import ResilientOutbox
@@ -41,6 +42,21 @@ def publisher_for(port: int, outbox: ResilientOutbox, device: str = "faulty",
                       "mqtt.reconnect_min_s=0.2", "mqtt.reconnect_max_s=0.5",
                       "homeassistant.enabled=false", *settings])
     return Publisher(cfg.mqtt, topics_from(cfg), outbox, None)
+
+
+@contextlib.contextmanager
+def publishing_to(port: int, outbox: ResilientOutbox, topic: str = "maskwatch/faulty/events"):
+    """A started publisher of device `faulty` (publisher_for) and a watcher of `topic`
+    on the broker at `port`: (publisher, collector). At the end the publisher gets 2 s to
+    drain and both stop; what the collector got stays readable."""
+    publisher = publisher_for(port, outbox)
+    collector = Collector(port, topic)
+    publisher.start()
+    try:
+        yield publisher, collector
+    finally:
+        publisher.stop(drain_timeout_s=2)
+        collector.close()
 
 
 def produce(publisher: Publisher, n: int, size: int = 200) -> list[str]:
@@ -134,12 +150,10 @@ db.execute("COMMIT")
 
 def test_database_locked_by_another_process_loses_nothing_and_never_stalls(broker, tmp_path):
     outbox = ResilientOutbox(tmp_path / "outbox.sqlite3", retry_s=0.2)
-    publisher = publisher_for(broker.port, outbox)
-    collector = Collector(broker.port, "maskwatch/faulty/events")
-    publisher.start()
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path / "outbox.sqlite3"),
-                               "3"], stdout=subprocess.PIPE, text=True)
-    try:
+    with publishing_to(broker.port, outbox) as (publisher, collector):
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER,
+                                   str(tmp_path / "outbox.sqlite3"), "3"],
+                                  stdout=subprocess.PIPE, text=True)
         assert locker.stdout.readline().strip() == "locked"
         ids, slowest = [], 0.0
         for _ in range(20):
@@ -155,9 +169,6 @@ def test_database_locked_by_another_process_loses_nothing_and_never_stalls(broke
         ids += produce(publisher, 105)  # ... and the outbox went back to disk afterwards
         assert not outbox.degraded
         assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 125, 30)
-    finally:
-        publisher.stop(drain_timeout_s=2)
-        collector.close()
     assert first_seen(delivered_ids(collector)) == ids
     print(f"\ndatabase locked 3 s: produced 125, delivered {len(set(delivered_ids(collector)))}"
           f", lost 0; slowest write {slowest * 1000:.0f} ms")
@@ -166,10 +177,7 @@ def test_database_locked_by_another_process_loses_nothing_and_never_stalls(broke
 def test_frozen_broker_then_back(make_broker, tmp_path):
     broker = make_broker().start()
     outbox = ResilientOutbox(tmp_path / "outbox.sqlite3")
-    publisher = publisher_for(broker.port, outbox)
-    collector = Collector(broker.port, "maskwatch/faulty/events")
-    publisher.start()
-    try:
+    with publishing_to(broker.port, outbox) as (publisher, collector):
         ids = produce(publisher, 40)
         broker.proc.send_signal(signal.SIGSTOP)  # hangs: no RST, no answers
         ids += produce(publisher, 60)
@@ -177,9 +185,6 @@ def test_frozen_broker_then_back(make_broker, tmp_path):
         broker.proc.send_signal(signal.SIGCONT)
         ids += produce(publisher, 25)
         assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 125, 60)
-    finally:
-        publisher.stop(drain_timeout_s=2)
-        collector.close()
     assert first_seen(delivered_ids(collector)) == ids
     assert outbox.depth() == 0
 
@@ -223,37 +228,27 @@ def test_mqtt5_stays_when_a_load_balancer_closes_connections_while_the_broker_is
     refusals, after one outage."""
     broker = make_broker(mosquitto_persistent(tmp_path)).start()  # the watcher's session
     outbox = ResilientOutbox(tmp_path / "outbox.sqlite3")
-    publisher = publisher_for(broker.port, outbox)
-    collector = Collector(broker.port, "maskwatch/faulty/events")
-    publisher.start()
-    try:
+    with publishing_to(broker.port, outbox) as (publisher, collector):
         ids = produce(publisher, 5)
         assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 5, 30)
         broker.stop()
         with closing_every_connection(broker.port):
             ids += produce(publisher, 5)
-            deadline = time.monotonic() + 30
-            while "without answering the CONNECT" not in (publisher.last_error or "") and \
-                    time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert "without answering the CONNECT" in (publisher.last_error or "")
+            wait_until(lambda: "without answering the CONNECT" in (publisher.last_error or ""),
+                       "the device saying the connection was closed unanswered", timeout=30)
         broker.start()
         ids += produce(publisher, 5)
         assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 15, 60)
         assert publisher.protocol == V5
-    finally:
-        publisher.stop(drain_timeout_s=2)
-        collector.close()
     assert set(delivered_ids(collector)) == set(ids)
     assert outbox.depth() == 0
 
 
 def test_unmasked_alerts_are_queued_through_an_outage(make_broker, tmp_path):
     broker = make_broker(mosquitto_persistent(tmp_path)).start()  # the subscriber's queue survives
-    publisher = publisher_for(broker.port, ResilientOutbox(tmp_path / "o.sqlite3"))
-    collector = Collector(broker.port, "maskwatch/faulty/unmasked")
-    publisher.start()
-    try:
+    outbox = ResilientOutbox(tmp_path / "o.sqlite3")
+    with publishing_to(broker.port, outbox, "maskwatch/faulty/unmasked") as (publisher,
+                                                                            collector):
         for i in range(20):
             if i == 5:
                 broker.stop()
@@ -262,9 +257,6 @@ def test_unmasked_alerts_are_queued_through_an_outage(make_broker, tmp_path):
             publisher.queue(publisher.topics.unmasked, "ON")
             time.sleep(0.2)
         assert collector.wait_for(lambda: len(collector.on("/unmasked")) >= 20, 30)
-    finally:
-        publisher.stop(drain_timeout_s=2)
-        collector.close()
     assert collector.on("/unmasked")[:20] == [b"ON"] * 20
 
 
