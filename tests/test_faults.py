@@ -190,24 +190,32 @@ def test_frozen_broker_then_back(make_broker, tmp_path):
 
 
 @contextlib.contextmanager
-def closing_every_connection(port: int):
+def closing_every_connection(port: int, levels: list[int] | None = None,
+                             at_most: int = 0):
     """What a TCP load balancer in front of a broker that is down does: it takes each
     connection and closes it, with no MQTT answer (HAProxy, a cloud balancer, a
-    Kubernetes service with no ready pod)."""
+    Kubernetes service with no ready pod). Each CONNECT's protocol level (5: MQTT 5,
+    4: 3.1.1) goes to `levels`; after `at_most` connections (0: no limit) it stops
+    listening, so the next attempt is refused."""
     server = socket.create_server(("127.0.0.1", port))
     server.settimeout(0.1)
     closed = threading.Event()
 
     def serve() -> None:
-        while not closed.is_set():
+        served = 0
+        while not closed.is_set() and (not at_most or served < at_most):
             try:
                 conn, _ = server.accept()
             except OSError:
                 continue
             with contextlib.suppress(OSError):
                 conn.settimeout(1)
-                conn.recv(1024)  # the CONNECT
+                level = protocol_level(conn.recv(1024))
+                if levels is not None and level is not None:
+                    levels.append(level)
             conn.close()
+            served += 1
+        server.close()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -217,6 +225,19 @@ def closing_every_connection(port: int):
         closed.set()
         thread.join(5)
         server.close()
+
+
+def protocol_level(connect: bytes) -> int | None:
+    """The protocol level of an MQTT CONNECT packet (5: MQTT 5, 4: 3.1.1): after the
+    fixed header (type, then a variable-length remaining length) comes the protocol name
+    ("MQTT", length-prefixed), then the level."""
+    if not connect or connect[0] != 0x10:
+        return None
+    i = 1
+    while i < len(connect) and connect[i] & 0x80:
+        i += 1
+    at = i + 1 + 2 + 4
+    return connect[at] if at < len(connect) else None
 
 
 def test_mqtt5_stays_when_a_load_balancer_closes_connections_while_the_broker_is_down(
@@ -240,6 +261,35 @@ def test_mqtt5_stays_when_a_load_balancer_closes_connections_while_the_broker_is
         ids += produce(publisher, 5)
         assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 15, 60)
         assert publisher.protocol == V5
+    assert set(delivered_ids(collector)) == set(ids)
+    assert outbox.depth() == 0
+
+
+def test_mqtt5_comes_back_when_the_first_broker_was_down_behind_a_load_balancer(
+        make_broker, tmp_path):
+    """A device that first starts while its broker is down behind a load balancer sees
+    its MQTT 5 CONNECT closed unanswered, as RabbitMQ 3.10 closes it, and tries MQTT
+    3.1.1. Closed unanswered too, that was no answer about MQTT 5: the next attempt
+    speaks MQTT 5 again, and once the broker is up the device uses it. It used to keep
+    3.1.1 until restarted, where a publish the broker's ACL refuses looks delivered."""
+    broker = make_broker(mosquitto_persistent(tmp_path)).start()
+    collector = Collector(broker.port, "maskwatch/faulty/events")  # its session is kept
+    broker.stop()
+    outbox = ResilientOutbox(tmp_path / "outbox.sqlite3")
+    publisher = publisher_for(broker.port, outbox)
+    levels: list[int] = []
+    try:
+        with closing_every_connection(broker.port, levels, at_most=4):
+            publisher.start()
+            ids = produce(publisher, 5)
+            wait_until(lambda: len(levels) >= 4, "four attempts at the load balancer", 30)
+        assert levels == [5, 4, 5, 4], "after an unanswered MQTT 3.1.1 attempt, MQTT 5 again"
+        broker.start()
+        assert collector.wait_for(lambda: len(set(delivered_ids(collector))) >= 5, 60)
+        assert publisher.protocol == V5
+    finally:
+        publisher.stop(drain_timeout_s=2)
+        collector.close()
     assert set(delivered_ids(collector)) == set(ids)
     assert outbox.depth() == 0
 

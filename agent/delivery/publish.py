@@ -118,8 +118,12 @@ class Publisher:
         self.refusing = False  # the latest answer to a publish was a refusal
         self._refused_mids: dict[int, str] = {}  # mid -> reason, from the network thread
         self._retry_refused_at: float | None = None
-        self._fallback = False  # the broker refused MQTT 5: the pump switches to 3.1.1
+        # (protocol, when): the pump replaces the client with one speaking it (paho fixes
+        # the protocol per client)
+        self._switch: tuple[int, float] | None = None
+        self._guessed_311 = False  # 3.1.1 because an MQTT 5 CONNECT went unanswered
         self._spoke_v5: set[str] = set()  # brokers that answered an MQTT 5 CONNECT of ours
+        self._said_311: set[str] = set()  # brokers whose 3.1.1 warning was logged
         self._connecting_since: float | None = None
         self._connack = False  # the broker answered this attempt's CONNECT (any code)
         self._connected_at = 0.0
@@ -177,37 +181,82 @@ class Publisher:
         return f"{self.host}:{self.port}"
 
     def _next_attempt(self) -> None:
-        """Network thread, after a failed or lost connection: move to the next broker of
-        mqtt.hosts and set when to try it. A whole round of the list is tried quickly
-        (a node is down: the next one is up); then the delay doubles up to
-        reconnect_max_s, each one jittered and offset per device, so that a thousand
-        devices that lost their broker at once do not knock on the next one in step."""
+        """Network thread, after a failed or lost connection: the next attempt, with this
+        client or, where its MQTT 3.1.1 was a guess, with one speaking MQTT 5 again
+        (`_retry_in_v5`)."""
+        if self.protocol == V311 and self._guessed_311:
+            self._retry_in_v5()
+            return
+        delay = self._advance()
+        if len(self.brokers) > 1:
+            self._client.connect_async(self.host, self.port, self.keepalive,
+                                       **connect_args(self.settings, self.protocol, True))
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore
+
+    def _advance(self) -> float:
+        """Move to the next broker of mqtt.hosts; returns how long to wait before trying
+        it. A whole round of the list is tried quickly (a node is down: the next one is
+        up); then the delay doubles up to reconnect_max_s, each one jittered and offset
+        per device, so that a thousand devices that lost their broker at once do not
+        knock on the next one in step."""
         self._attempts += 1
         if len(self.brokers) > 1:
             self._broker = (self._broker + 1) % len(self.brokers)
             self.host, self.port = self.brokers[self._broker]
-            self._client.connect_async(self.host, self.port, self.keepalive,
-                                       **connect_args(self.settings, self.protocol, True))
-        delay = backoff_s(self._attempts, len(self.brokers), self.settings.reconnect_min_s,
-                          self.settings.reconnect_max_s, self._jitter)
-        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore
+        return backoff_s(self._attempts, len(self.brokers), self.settings.reconnect_min_s,
+                         self.settings.reconnect_max_s, self._jitter)
 
-    def _fall_back_to_311(self) -> None:
-        """Pump thread: the broker speaks MQTT 3.1.1 only. A new client, same session."""
-        self._fallback = False
+    def _retry_in_v5(self) -> None:
+        """Network thread: MQTT 3.1.1 taken because an MQTT 5 CONNECT was closed
+        unanswered holds for one connection. That close is how RabbitMQ 3.10 says "no
+        MQTT 5", but also what a load balancer whose broker is down does to every
+        CONNECT, so a 3.1.1 attempt that fails too, or a 3.1.1 connection that ends,
+        sends the next attempt back to MQTT 5: a device that first started while its
+        broker was down would otherwise keep 3.1.1 (where refusals look delivered)
+        until restarted. RabbitMQ 3.10 costs one unanswered MQTT 5 CONNECT a reconnect."""
+        self._change_protocol(V5, self._advance())
+
+    def _change_protocol(self, protocol: int, delay: float = 0.0,
+                         guessed: bool = False) -> None:
+        """Network thread: have the pump replace the client with one speaking
+        `protocol`, in `delay` seconds."""
+        with self._cond:
+            self._switch = (protocol, time.monotonic() + delay)
+            self._guessed_311 = guessed
+            self._cond.notify_all()
+
+    def _switch_when_due(self, protocol: int, due: float) -> None:
+        """Pump thread: stop the client at once (its own retries would race the new
+        one), and start one speaking `protocol` when due. Same client id, same session."""
         old = self._client
-        old.on_connect = old.on_disconnect = old.on_connect_fail = None
-        with contextlib.suppress(Exception):
-            old.disconnect()
-        old.loop_stop()
-        self.protocol = V311
+        if old.on_connect is not None:
+            old.on_connect = old.on_disconnect = old.on_connect_fail = None
+            with contextlib.suppress(Exception):
+                old.disconnect()
+            old.loop_stop()
+        if time.monotonic() < due:
+            return
+        with self._cond:
+            self._switch = None
+        self.protocol = protocol
+        if protocol == V311:
+            self._say_311()
+        else:
+            log.info("MQTT broker %s did not answer MQTT 3.1.1 either, or that connection "
+                     "ended: trying MQTT 5 again", self.broker)
+        self._client = self._make_client()
+        self._connect()
+
+    def _say_311(self) -> None:
+        """Once per broker: what MQTT 3.1.1 cannot tell."""
+        if self.broker in self._said_311:
+            return
+        self._said_311.add(self.broker)
         log.warning("MQTT broker %s:%s speaks MQTT 3.1.1 only: using it. A publish its ACL "
                     "denies is acknowledged like a delivered one there, so check that user "
                     "%s may publish to %s/# (mqtt.protocol: v5 with a broker that has it "
                     "detects a refusal)", self.host, self.port, self.settings.username or
                     "(anonymous)", self.topics.base)
-        self._client = self._make_client()
-        self._connect()
 
     def stop(self, drain_timeout_s: float = 5.0) -> int:
         """Drain what the broker will take in time, publish `offline`, disconnect.
@@ -285,9 +334,9 @@ class Publisher:
                 self._cond.wait(timeout=0.5)
                 if self._stopping:
                     return
-                fallback = self._fallback
-            if fallback:
-                self._fall_back_to_311()
+                switch = self._switch
+            if switch is not None:
+                self._switch_when_due(*switch)
                 continue
             self._check_answer()
             with self._cond:
@@ -386,9 +435,7 @@ class Publisher:
         self._connack = True
         if self.protocol == V5 and self.settings.protocol == "auto" and \
                 unsupported_protocol(reason_code):
-            with self._cond:
-                self._fallback = True
-                self._cond.notify_all()
+            self._change_protocol(V311)  # refused in words (code 132): for good
             return
         if self.protocol == V5:
             self._spoke_v5.add(self.broker)
@@ -431,7 +478,7 @@ class Publisher:
         self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}: {reason}"
         throttle.log(logging.WARNING, f"fail {self.broker}", "%s; retrying with backoff",
                      self.last_error)
-        if not self._stopping:
+        if not self._stopping and self._switch is None:
             self._next_attempt()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -451,14 +498,12 @@ class Publisher:
             # Not one that has answered MQTT 5 before: closed unanswered now, it is down
             # behind a load balancer, restarting or overloaded, and MQTT 5 stays
             log.info("MQTT broker %s closed the connection without answering an MQTT 5 "
-                     "CONNECT", self.broker)
-            with self._cond:
-                self._fallback = True
-                self._cond.notify_all()
+                     "CONNECT: trying MQTT 3.1.1", self.broker)
+            self._change_protocol(V311, guessed=True)  # the same broker, at once
             return
         elif not self._connack:
             self._closed_unanswered()
-        if not self._fallback:  # the same broker again, in MQTT 3.1.1 (the pump switches)
+        if self._switch is None:  # else the pump starts a client in the other protocol
             self._next_attempt()
 
     def _closed_unanswered(self) -> None:
