@@ -15,7 +15,9 @@ ACL, a quota) is not mistaken for a delivery. A refused event stays in the outbo
 status becomes `unauthorized`, an error is logged once a minute, and the outbox is tried
 again every REFUSED_RETRY_S (the ACL may be fixed meanwhile). MQTT 3.1.1 acknowledges a
 denied publish like an accepted one; on a broker that speaks only 3.1.1 (`mqtt.protocol:
-auto`) the publisher falls back to it and says that refusals cannot be seen there.
+auto`) the publisher falls back to it and says that refusals cannot be seen there (for
+good where the broker refused MQTT 5 in words; for one connection where it closed the
+CONNECT unanswered, which a load balancer whose broker is down does too).
 """
 
 from __future__ import annotations
@@ -239,16 +241,16 @@ class Publisher:
         with self._cond:
             self._switch = None
         self.protocol = protocol
-        if protocol == V311:
-            self._say_311()
-        else:
+        if protocol == V5:
             log.info("MQTT broker %s did not answer MQTT 3.1.1 either, or that connection "
                      "ended: trying MQTT 5 again", self.broker)
         self._client = self._make_client()
         self._connect()
 
     def _say_311(self) -> None:
-        """Once per broker: what MQTT 3.1.1 cannot tell."""
+        """Once per broker, when it took our 3.1.1 after not taking MQTT 5 (said on the
+        connection: a 3.1.1 attempt closed unanswered too proves nothing): what MQTT
+        3.1.1 cannot tell."""
         if self.broker in self._said_311:
             return
         self._said_311.add(self.broker)
@@ -454,6 +456,8 @@ class Publisher:
         self._connected_at = time.monotonic()
         log.info("connected to MQTT broker %s:%s (MQTT %s)", self.host, self.port,
                  "5" if self.protocol == V5 else "3.1.1")
+        if self.protocol == V311 and self.settings.protocol == "auto":
+            self._say_311()
         client.publish(self.topics.status, self._status, qos=1, retain=True)
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
