@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -39,18 +40,30 @@ class BrokerMissing(MaskwatchError):
     exit_code = 69
 
 
+_given_ports: set[int] = set()
+_given_lock = threading.Lock()
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range (32768 and up), so that a
     broker restarted on it cannot find it taken by one of its own clients' outgoing
-    connections (1,000 reconnecting devices hold 1,000 ephemeral ports)."""
+    connections (1,000 reconnecting devices hold 1,000 ephemeral ports). Never one this
+    process was given before: ports asked for together (a NATS node's four, three nodes'
+    twelve) are all free before any is bound, and drawn at random two of them could be
+    the same (it happened: a node's monitoring port was another node's, and the third
+    node never started)."""
     rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32768)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
+    with _given_lock:
+        for _ in range(200):
+            port = rng.randrange(20000, 32768)
+            if port in _given_ports:
                 continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _given_ports.add(port)
             return port
     raise OSError("no free loopback port in 20000-32767")
 
