@@ -479,9 +479,7 @@ class Publisher:
     def _on_connect_fail(self, client, userdata) -> None:
         reason = diagnose_connect(self.host, self.port, self._tls,
                                   timeout=min(5.0, self.settings.connect_timeout_s))
-        self.last_error = f"cannot connect to MQTT broker {self.host}:{self.port}: {reason}"
-        throttle.log(logging.WARNING, f"fail {self.broker}", "%s; retrying with backoff",
-                     self.last_error)
+        self._attempt_failed(f"cannot connect to MQTT broker {self.host}:{self.port}: {reason}")
         if not self._stopping and self._switch is None:
             self._next_attempt()
 
@@ -517,11 +515,15 @@ class Publisher:
         stream holds each CONNECT for 4 s and closes it, for as long as its nodes take to
         elect another (4-9 s; README, Fleets)."""
         held = time.monotonic() - (self._connecting_since or time.monotonic())
-        self.last_error = (f"MQTT broker {self.broker} closed the connection after {held:.0f} s "
-                           "without answering the CONNECT (down behind a load balancer, "
-                           "overloaded, or a NATS node electing a new JetStream leader)")
-        throttle.log(logging.WARNING, f"fail {self.broker}", "%s; retrying with backoff",
-                     self.last_error)
+        self._attempt_failed(f"MQTT broker {self.broker} closed the connection after {held:.0f} "
+                             "s without answering the CONNECT (down behind a load balancer, "
+                             "overloaded, or a NATS node electing a new JetStream leader)")
+
+    def _attempt_failed(self, error: str) -> None:
+        """Network thread: why this attempt failed, in the status (/healthz, systemd)
+        and in the log, once a minute per broker (a device retries every few seconds)."""
+        self.last_error = error
+        throttle.log(logging.WARNING, f"fail {self.broker}", "%s; retrying with backoff", error)
 
     def _watch_takeovers(self, reason_code) -> None:
         """Two devices with one client id (a cloned SD card) knock each other off the
